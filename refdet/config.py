@@ -1,0 +1,344 @@
+"""Typed, frozen training configuration: the one place where defaults live.
+
+`TrainConfig.from_dict` / `from_yaml` reject unknown keys and values of the wrong type with a
+`ConfigError` that names the key path (e.g. ``optim.lr: expected float, got 'abc'``).
+`to_yaml` writes a file that `from_yaml` reads back to an equal object.
+
+Units: sizes in pixels, memory in GB, times in seconds, `lr` per optimizer step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key path."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth_multiple: float = 0.33  # YOLOv8 "n" scale
+    width_multiple: float = 0.25
+    max_channels: int = 1024
+    reg_max: int = 16  # DFL bins per box side
+    num_classes: int = 1
+    embed_dim: int = 128  # CPE projection size
+    roi_size: int = 7  # ROI-align output (px of the feature map)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    bbox_weight: float = 7.5
+    cls_weight: float = 0.5
+    dfl_weight: float = 1.5
+    cpe_weight: float = 0.5
+    cpe_temperature: float = 0.1
+    cpe_iou_threshold: float = 0.5  # a proposal matching its GT at this IoU is a positive
+    cpe_num_proposals: int = 8  # top-scoring predicted boxes per image used as proposals
+    cpe_num_jitter: int = 4  # jittered copies of each GT box per image
+    cpe_jitter: float = 0.15  # jitter scale, fraction of the box size
+    assigner_topk: int = 10
+    assigner_alpha: float = 0.5
+    assigner_beta: float = 6.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "./datasets/train"
+    val_root: str = ""  # empty: split `root` by video (val_fraction)
+    val_fraction: float = 0.25
+    synthetic: bool = False  # generate a synthetic dataset at `root` when it is missing
+    synthetic_videos: int = 8
+    synthetic_frames: int = 120
+    synthetic_size: str = "320x180"
+    img_size: int = 640  # query letterbox size (px, square)
+    ref_size: int = 128  # reference letterbox size (px, square)
+    k_shot: int = 3
+    n_way: int = 4
+    n_query: int = 4
+    neg_fraction: float = 0.25  # share of query frames without the object
+    neg_frames_per_video: int = 64  # object-free frames cached per video as negatives
+    max_frames_per_video: int = 0  # cap on annotated frames cached per video (0 = all)
+    val_frame_stride: int = 1  # validation evaluates every Nth frame of each val video
+    val_max_frames: int = 0  # cap on frames evaluated per val video (0 = all)
+    cache_dir: str = ""  # empty: <root>/.frame_cache
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_epochs: int = 3
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    gradient_clip_norm: float = 10.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = True
+    patience: int = 3  # consecutive steps a rule must hold before it is fatal
+    grad_norm_max: float = 1e4  # pre-clip norm
+    clip_ratio_max: float = 100.0
+    loss_spike_factor: float = 2.0  # total loss vs its running median, after warmup
+    loss_window: int = 50  # steps in the running median
+    dfl_max: float = 5.0
+    cpe_zero_window: int = 20  # steps; CPE == 0 on all of them is fatal (stage 2)
+    mem_budget_gb: float = 50.0  # host RSS
+    cuda_mem_fraction: float = 0.9  # of the device's total memory
+    mem_growth_pct: float = 20.0  # RSS growth per epoch, checked from epoch 3
+    mem_growth_after_epoch: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    stage: int = 2  # 1: detection only (no CPE); 2: episodic with CPE
+    epochs: int = 100
+    steps_per_epoch: int = 200
+    batch_size: int = 32  # query frames per step, rounded down to whole episodes (min 1)
+    seed: int = 0
+    val_interval: int = 1  # validate every N epochs (and always after the last)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mixed_precision: bool = True  # AMP on CUDA (bf16 where supported); ignored on CPU
+    num_threads: int = 0  # torch CPU threads; 0 = every CPU this process may use
+    checkpoint: str = ""  # initial weights (e.g. a stage-1 checkpoint)
+    output_dir: str = "./checkpoints"
+    conf_threshold: float = 0.25  # detection score threshold for ST-IoU / recall
+    debug_mode: bool = False
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
+        cfg = _build(cls, data or {}, "")
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
+        return cls.from_dict(load_yaml_mapping(path))
+
+    @classmethod
+    def preset(cls, name: str) -> TrainConfig:
+        path = PRESET_DIR / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+            raise ConfigError(f"unknown preset {name!r} (known: {known})")
+        return cls.from_yaml(path)
+
+    @classmethod
+    def load(cls, name_or_path: str) -> TrainConfig:
+        """A preset name (``smoke``) or a YAML file path."""
+        if (PRESET_DIR / f"{name_or_path}.yaml").is_file() and not Path(name_or_path).exists():
+            return cls.preset(name_or_path)
+        return cls.from_yaml(name_or_path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | os.PathLike | None = None, header: str = "") -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if header:
+            text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """Apply ``{"optim.lr": 1e-3, ...}`` (dotted paths) or nested mappings."""
+        merged = self.to_dict()
+        for key, value in overrides.items():
+            set_path(merged, key, value)
+        return TrainConfig.from_dict(merged)
+
+    def validate(self) -> None:
+        checks = [
+            (self.stage in (1, 2), "stage", "must be 1 or 2"),
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.steps_per_epoch >= 1, "steps_per_epoch", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.val_interval >= 1, "val_interval", "must be >= 1"),
+            (self.optim.lr > 0, "optim.lr", "must be > 0"),
+            (self.optim.gradient_clip_norm > 0, "optim.gradient_clip_norm", "must be > 0"),
+            (self.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
+            (self.data.k_shot >= 1, "data.k_shot", "must be >= 1"),
+            (self.data.n_way >= 1, "data.n_way", "must be >= 1"),
+            (self.data.n_query >= 1, "data.n_query", "must be >= 1"),
+            (0 <= self.data.neg_fraction < 1, "data.neg_fraction", "must be in [0, 1)"),
+            (self.data.img_size % 32 == 0 and self.data.img_size >= 64, "data.img_size",
+             "must be a multiple of 32, >= 64"),
+            (self.data.ref_size % 32 == 0 and self.data.ref_size >= 32, "data.ref_size",
+             "must be a multiple of 32, >= 32"),
+            (self.model.reg_max >= 2, "model.reg_max", "must be >= 2"),
+            (self.model.width_multiple > 0, "model.width_multiple", "must be > 0"),
+            (self.model.depth_multiple > 0, "model.depth_multiple", "must be > 0"),
+            (self.loss.cpe_temperature > 0, "loss.cpe_temperature", "must be > 0"),
+            (self.health.patience >= 1, "health.patience", "must be >= 1"),
+            (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             "device", "must be auto, cpu, cuda or cuda:N"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why} (got {get_path(self.to_dict(), key)!r})")
+        for f in ("bbox_weight", "cls_weight", "dfl_weight", "cpe_weight"):
+            if getattr(self.loss, f) < 0:
+                raise ConfigError(f"loss.{f}: must be >= 0")
+
+    @property
+    def episodes_per_batch(self) -> int:
+        return max(1, self.batch_size // (self.data.n_way * self.data.n_query))
+
+
+# -- helpers ------------------------------------------------------------------------------
+def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping safely; errors name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def get_path(d: dict[str, Any], key: str) -> Any:
+    cur: Any = d
+    for part in key.split("."):
+        cur = cur[part]
+    return cur
+
+
+def set_path(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for part in parts[:-1]:
+        if not isinstance(cur.get(part), dict):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+        cur = cur[part]
+    if isinstance(value, dict) and isinstance(cur.get(parts[-1]), dict):
+        for k, v in value.items():
+            set_path(cur[parts[-1]], k, v)
+    else:
+        cur[parts[-1]] = value
+
+
+def field_type(key: str) -> type:
+    """The Python type of a dotted TrainConfig path (raises ConfigError if it does not exist)."""
+    cls: Any = TrainConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "the top level"
+            known = ", ".join(f.name for f in fields(cls))
+            raise ConfigError(f"{key}: no key {part!r} in {where} (known: {known})")
+        cls = hints[part]
+        if i < len(parts) - 1 and not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+    if dataclasses.is_dataclass(cls):
+        raise ConfigError(f"{key}: is a section, not a value")
+    return cls
+
+
+def coerce(value: Any, typ: type, key: str) -> Any:
+    """Check `value` against `typ`; ints are accepted for floats, and numeric strings such as
+    '1e-4' (which YAML 1.1 reads as a string) for floats. Anything else is an error."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value)
+            except ValueError:
+                out = None
+        else:
+            out = None
+        if out is not None:
+            if not math.isfinite(out):
+                raise ConfigError(f"{key}: must be finite (got {value!r})")
+            return out
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - no other field types exist
+        raise ConfigError(f"{key}: unsupported type {typ}")
+    raise ConfigError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{key}: unknown key (known here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        if isinstance(typ, types.UnionType):  # pragma: no cover - not used
+            raise ConfigError(f"{prefix}{name}: unions are not supported")
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = coerce(value, typ, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "HealthConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "atomic_write_text",
+    "field_type",
+    "load_yaml_mapping",
+    "replace",
+]
