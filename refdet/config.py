@@ -35,7 +35,7 @@ class ModelConfig:
     reg_max: int = 16  # DFL bins per box side
     num_classes: int = 1
     embed_dim: int = 128  # CPE projection size
-    roi_size: int = 7  # ROI-align output (px of the feature map)
+    roi_size: int = 4  # ROI-align output cells per side (averaged: CPE uses the ROI mean)
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,18 @@ class LossConfig:
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "./datasets/train"
-    val_root: str = ""  # empty: split `root` by video (val_fraction)
+    val_root: str = ""  # empty: split `root` (val_fraction of it) for validation
     val_fraction: float = 0.25
+    # How `root` is split when there is no val_root: "group" keeps <cat>_0/<cat>_1 together,
+    # so validation objects are never seen in training (the competition's setting); "video"
+    # holds out whole videos only, so a validation video may show a training object in
+    # another scene (the CPU smoke preset: a tiny model cannot learn novel objects in minutes).
+    split: str = "group"
     synthetic: bool = False  # generate a synthetic dataset at `root` when it is missing
     synthetic_videos: int = 8
     synthetic_frames: int = 120
     synthetic_size: str = "320x180"
+    synthetic_object_scale: float = 0.3  # object size as a fraction of the frame height
     img_size: int = 640  # query letterbox size (px, square)
     ref_size: int = 128  # reference letterbox size (px, square)
     k_shot: int = 3
@@ -170,6 +176,15 @@ class TrainConfig:
             set_path(merged, key, value)
         return TrainConfig.from_dict(merged)
 
+    def resolve_paths(self, base: str | os.PathLike | None = None) -> TrainConfig:
+        """Relative data/checkpoint paths made absolute against `base` (default: the CWD), so
+        the config means the same in a process with another working directory (a Ray trial)."""
+        base = Path(base or os.getcwd())
+        fix = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
+        d = self.data
+        return replace(self, data=replace(d, root=fix(d.root), val_root=fix(d.val_root), cache_dir=fix(d.cache_dir)),
+                       checkpoint=fix(self.checkpoint))
+
     def validate(self) -> None:
         checks = [
             (self.stage in (1, 2), "stage", "must be 1 or 2"),
@@ -193,6 +208,7 @@ class TrainConfig:
             (self.model.depth_multiple > 0, "model.depth_multiple", "must be > 0"),
             (self.loss.cpe_temperature > 0, "loss.cpe_temperature", "must be > 0"),
             (self.health.patience >= 1, "health.patience", "must be >= 1"),
+            (self.data.split in ("group", "video"), "data.split", "must be group or video"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "must be auto, cpu, cuda or cuda:N"),
         ]
@@ -310,7 +326,7 @@ def coerce(value: Any, typ: type, key: str) -> Any:
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = [k for k in data if k not in names]

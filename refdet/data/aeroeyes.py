@@ -270,13 +270,15 @@ def load_dataset(root: str | os.PathLike, min_refs: int = 1) -> AeroEyesDataset:
     return AeroEyesDataset(root, videos, summary)
 
 
-def split_by_group(videos: list[VideoEntry], val_fraction: float, seed: int) -> tuple[list[VideoEntry], list[VideoEntry]]:
-    """Train/val split by object group (so `<cat>_0`/`<cat>_1` never straddle it); at least one
-    group on each side when there are two or more groups."""
+def split_by_group(videos: list[VideoEntry], val_fraction: float, seed: int,
+                   by: str = "group") -> tuple[list[VideoEntry], list[VideoEntry]]:
+    """Train/val split by object group (so `<cat>_0`/`<cat>_1` never straddle it), or with
+    by="video" by single videos; at least one unit on each side when there are two or more."""
     import random
 
-    groups = sorted({v.group for v in videos})
+    key = (lambda v: v.group) if by == "group" else (lambda v: v.video_id)
+    groups = sorted({key(v) for v in videos})
     random.Random(seed).shuffle(groups)
     n_val = min(len(groups) - 1, max(1, round(len(groups) * val_fraction))) if len(groups) > 1 else 0
     val_groups = set(groups[:n_val])
-    return [v for v in videos if v.group not in val_groups], [v for v in videos if v.group in val_groups]
+    return [v for v in videos if key(v) not in val_groups], [v for v in videos if key(v) in val_groups]

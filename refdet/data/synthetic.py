@@ -127,7 +127,7 @@ def visible_intervals(rng: np.random.Generator, frames: int) -> list[tuple[int, 
 
 
 def write_video(out: Path, vid: str, frames: int, size: tuple[int, int], target: np.ndarray,
-                rng: np.random.Generator) -> dict:
+                rng: np.random.Generator, object_scale: float = 0.3) -> dict:
     """Writes one sample folder following `target` (a BGRA sprite); returns its annotation entry."""
     w, h = size
     sample = out / "samples" / vid
@@ -135,7 +135,9 @@ def write_video(out: Path, vid: str, frames: int, size: tuple[int, int], target:
     distractors = [make_sprite(rng) for _ in range(int(rng.integers(1, 4)))]
     bg = make_background(rng, w * 2, h * 2)
     pan0, pan1 = rng.uniform(0, [w, h], 2), rng.uniform(0, [w, h], 2)
-    base = min(w, h) / 150.0  # sprite scale: objects are ~20-60 px in a 320x180 frame
+    # Sprites are 48 px nominal; object_scale is their nominal size as a fraction of the frame
+    # height (0.3: about 30-50 px in a 320x180 frame, shrinking and growing over time).
+    base = object_scale * h / 48.0
     tracks = []
     for _ in range(1 + len(distractors)):
         p0, v = rng.uniform([0, 0], [w * 0.8, h * 0.8], 2), rng.uniform(-1.5, 1.5, 2) * base
@@ -189,7 +191,7 @@ def write_video(out: Path, vid: str, frames: int, size: tuple[int, int], target:
 
 
 def generate(out: str | os.PathLike, videos: int = 8, frames: int = 120, size: tuple[int, int] = (320, 180),
-             seed: int = 0, pairs: bool = True) -> Path:
+             seed: int = 0, pairs: bool = True, object_scale: float = 0.3) -> Path:
     """Write the dataset to `out` atomically (built in a temp folder beside it, then renamed).
     With `pairs`, videos come as `<cat>_0`/`<cat>_1` pairs showing the same object identity
     in different scenes (like the real data)."""
@@ -205,14 +207,31 @@ def generate(out: str | os.PathLike, videos: int = 8, frames: int = 120, size: t
             # The object's identity comes from the category's stream, the scene from the video's.
             target = make_sprite(np.random.default_rng([seed, cat]))
             scene = np.random.default_rng([seed, cat, k, 1])
-            entries.append(write_video(tmp, f"obj{cat:03d}_{k}", frames, size, target, scene))
+            entries.append(write_video(tmp, f"obj{cat:03d}_{k}", frames, size, target, scene, object_scale))
         (tmp / "annotations").mkdir()
         (tmp / "annotations" / "annotations.json").write_text(json.dumps(entries))
-        os.replace(tmp, out)
-    except BaseException:
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if out.exists():  # another process finished the same dataset first
+                raise FileExistsError(f"{out}: already exists") from None
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def ensure_dataset(data) -> bool:
+    """Generate the synthetic dataset a `DataConfig` with `synthetic: true` names, if missing.
+    Safe when several processes call it at once. Returns True if this call wrote it."""
+    if not data.synthetic or Path(data.root).exists():
+        return False
+    try:
+        generate(data.root, data.synthetic_videos, data.synthetic_frames, parse_size(data.synthetic_size),
+                 seed=0, object_scale=data.synthetic_object_scale)
+    except FileExistsError:
+        return False
+    return True
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -232,12 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--size", type=parse_size, default=(320, 180), help="WxH (default 320x180)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--object-scale", type=float, default=0.3,
+                    help="nominal object size as a fraction of the frame height (default 0.3)")
     args = ap.parse_args(argv)
-    if args.videos < 2 or args.frames < 12:
-        print("error: --videos must be >= 2 and --frames >= 12", file=sys.stderr)
+    if args.videos < 2 or args.frames < 12 or not 0.05 <= args.object_scale <= 0.9:
+        print("error: --videos must be >= 2, --frames >= 12, --object-scale in [0.05, 0.9]", file=sys.stderr)
         return 2
     try:
-        out = generate(args.out, args.videos, args.frames, args.size, args.seed)
+        out = generate(args.out, args.videos, args.frames, args.size, args.seed, object_scale=args.object_scale)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

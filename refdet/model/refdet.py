@@ -28,7 +28,7 @@ class ProposalEmbedder(nn.Module):
     def pool(self, feats: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
         """feats: fused P3/P4/P5; boxes: per image [n_i, 4] xyxy px -> [sum n_i, sum C_l]."""
         pooled = [
-            roi_align(f, boxes, self.roi_size, spatial_scale=1.0 / s, sampling_ratio=2, aligned=True).mean((2, 3))
+            roi_align(f, boxes, self.roi_size, spatial_scale=1.0 / s, sampling_ratio=1, aligned=True).mean((2, 3))
             for f, s in zip(feats, STRIDES)
         ]
         return torch.cat(pooled, 1)

@@ -1,0 +1,366 @@
+"""The RefDet trainer. Knows nothing about Ray or Optuna: a caller drives `fit()` epoch by epoch.
+
+    trainer = Trainer(cfg, run_dir="checkpoints")
+    for result in trainer.fit():      # EpochResult per epoch; stops after a fatal verdict
+        print(result.metrics["val/st_iou"])
+
+One training step (`train_step`) reads top to bottom: forward under autocast, loss, backward,
+unscale, clip (keeping the norm `clip_grad_norm_` returns), one host sync for all the step's
+numbers, optimizer step unless something was non-finite, scheduler step, `StepStats`.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from refdet.config import TrainConfig
+from refdet.data.aeroeyes import load_dataset, split_by_group
+from refdet.data.episodes import EpisodeDataset, EpisodeSampler, object_identities, prepare_videos
+from refdet.data.frames import FrameCache
+from refdet.engine.checkpoint import load_checkpoint, save_checkpoint
+from refdet.engine.health import HealthMonitor, StepStats, Verdict
+from refdet.engine.runlog import RunLog
+from refdet.losses.criterion import TERMS, build_criterion
+from refdet.metrics import ap50, mean_st_iou, recall50, top_box
+from refdet.model import build_model
+from refdet.ops.boxes import postprocess
+
+GB = 1024**3
+
+
+@dataclass
+class EpochResult:
+    """metrics: the flat dict of DESIGN.md (floats, plus the string health/stop_reason);
+    verdict: the fatal health verdict that ended training, if any."""
+
+    epoch: int
+    step: int
+    metrics: dict
+    verdict: Verdict | None
+    validated: bool
+
+
+def host_rss_gb() -> float:
+    """Current resident set size of this process (Linux /proc; falls back to peak RSS)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GB
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+    return dev
+
+
+def cpu_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warmup (per iteration, from 0) then cosine decay to `min_ratio`."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike | None = None, tensorboard: bool = True):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.set_num_threads(cfg.num_threads or cpu_threads())
+        self._seed_everything(cfg.seed)
+        self.log = RunLog(run_dir, tensorboard=tensorboard)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._build_data()
+        self.model = build_model(cfg.model).to(self.device)
+        self.criterion = build_criterion(cfg.loss, self.model, cfg.stage)
+        self.optimizer = self._build_optimizer()
+        spe = cfg.steps_per_epoch
+        self.warmup_steps = cfg.optim.warmup_epochs * spe
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.warmup_steps, cfg.epochs * spe, cfg.optim.min_lr_ratio))
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = None
+        if cuda and cfg.mixed_precision:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # A GradScaler is needed for fp16 only; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        total_gb = torch.cuda.get_device_properties(self.device).total_memory / GB if cuda else 0.0
+        self.health = HealthMonitor(cfg.health, self.warmup_steps, cpe_active=cfg.stage == 2, cuda_total_gb=total_gb)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed optimizer steps
+        self.val_metrics = {"val/st_iou": 0.0, "val/ap50": 0.0, "val/recall": 0.0}
+        if cfg.checkpoint:
+            self.load_weights(cfg.checkpoint)
+
+    # -- construction ----------------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        if d.synthetic:
+            from refdet.data.synthetic import ensure_dataset
+
+            ensure_dataset(d)
+        train = load_dataset(d.root, min_refs=d.k_shot)
+        if d.val_root:
+            val_entries = load_dataset(d.val_root, min_refs=d.k_shot).videos
+            train_entries = train.videos
+        else:
+            train_entries, val_entries = split_by_group(train.videos, d.val_fraction, seed=0, by=d.split)
+        self.dataset_summary = train.describe()
+        ids = object_identities(train_entries + val_entries)
+        cache = FrameCache(d.cache_dir or Path(d.root) / ".frame_cache", d.img_size)
+        self.train_videos = prepare_videos(train_entries, d, cache, "train", ids)
+        self.val_videos = prepare_videos(val_entries, d, cache, "val", ids)
+        self.sampler = EpisodeSampler(self.train_videos, d, cfg.episodes_per_batch, cfg.seed)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)  # norms and biases: no decay
+        o = self.cfg.optim
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2))
+
+    # -- one step --------------------------------------------------------------------------
+    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        dev = self.device
+        nb = dev.type == "cuda"
+        query = batch["query"].to(dev, non_blocking=nb).float().div_(255)
+        refs = batch["references"].to(dev, non_blocking=nb).float().div_(255)
+        targets = {k: batch[k].to(dev, non_blocking=nb) for k in ("boxes", "mask", "object_ids")}
+        return query, refs, batch["ref_index"].to(dev, non_blocking=nb), targets
+
+    def train_step(self, batch: dict, data_time: float = 0.0) -> StepStats:
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        self.model.train()
+        query, refs, ref_index, targets = self.to_device(batch)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            outputs = self.model(query, refs, ref_index)
+        loss = self.criterion(outputs, targets)  # computed in fp32 (the criterion casts)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.total).backward()
+        self.scaler.unscale_(self.optimizer)
+        pre = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.gradient_clip_norm)
+        # The one host sync of the step: every number the step reports, in one transfer.
+        numbers = torch.stack([loss.total.detach(), *(loss.terms[k].detach() for k in TERMS), pre,
+                               loss.stats["cpe_positives"].float(), loss.stats["num_fg"].float()]).tolist()
+        total, bbox, cls, dfl, cpe, pre_v, positives, num_fg = numbers
+        nonfinite = not (math.isfinite(total) and math.isfinite(pre_v))
+        if nonfinite:
+            self.optimizer.zero_grad(set_to_none=True)  # skip the update; the monitor decides
+            if self.scaler.is_enabled():
+                self.scaler.update()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        max_norm = cfg.optim.gradient_clip_norm
+        post = pre_v * min(1.0, max_norm / (pre_v + 1e-6)) if math.isfinite(pre_v) else pre_v
+        cuda = self.device.type == "cuda"
+        return StepStats(
+            step=self.step, epoch=self.epoch + 1, loss=total, loss_bbox=bbox, loss_cls=cls, loss_dfl=dfl,
+            loss_cpe=cpe, cpe_positives=int(positives), num_fg=int(num_fg), grad_norm_pre=pre_v,
+            grad_norm_post=post, clipped=bool(pre_v > max_norm), nonfinite=nonfinite, lr=lr,
+            mem_rss_gb=host_rss_gb(),
+            mem_cuda_alloc_gb=torch.cuda.memory_allocated(self.device) / GB if cuda else 0.0,
+            mem_cuda_peak_gb=torch.cuda.max_memory_allocated(self.device) / GB if cuda else 0.0,
+            step_time=time.perf_counter() - t0, data_time=data_time,
+        )
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 16) -> dict[str, float]:
+        """ST-IoU over every cached validation frame (see refdet.data.frames), AP@0.5, recall@0.5."""
+        self.model.eval()
+        thr = self.cfg.conf_threshold
+        videos, preds_ap, gts_ap, preds_rec = [], [], [], []
+        for video in self.val_videos:
+            gt, pred = {}, {}
+            for batch in self.sampler.val_batches(video, batch_size):
+                query, refs, ref_index, _ = self.to_device(batch)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    outputs = self.model(query, refs, ref_index)
+                dets = postprocess(outputs, self.cfg.model.reg_max, conf_threshold=0.001)
+                for i, det in enumerate(dets):
+                    frame = int(batch["frame_ids"][i])
+                    boxes, scores = det["boxes"].cpu().tolist(), det["scores"].cpu().tolist()
+                    g = [batch["boxes"][i, 0].tolist()] if batch["mask"][i, 0] else []
+                    if g:
+                        gt[frame] = g[0]
+                    best = top_box(boxes, scores, thr)
+                    if best is not None:
+                        pred[frame] = best
+                    preds_ap.append((boxes, scores))
+                    gts_ap.append(g)
+                    preds_rec.append([b for b, s in zip(boxes, scores) if s >= thr])
+            videos.append((gt, pred))
+        del outputs
+        # Release what validation allocated before training resumes (the original leak).
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"val/st_iou": mean_st_iou(videos), "val/ap50": ap50(preds_ap, gts_ap),
+                "val/recall": recall50(preds_rec, gts_ap)}
+
+    # -- epochs ----------------------------------------------------------------------------
+    def loader(self, epoch: int):
+        ds = EpisodeDataset(self.sampler, self.cfg.steps_per_epoch, epoch)
+        return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.cfg.data.num_workers,
+                                           pin_memory=self.device.type == "cuda")
+
+    def train_epoch(self, progress=None) -> tuple[dict[str, float], Verdict | None]:
+        """Runs one epoch; stops within the step where a health rule fires."""
+        sums = dict.fromkeys(TERMS, 0.0) | {"loss": 0.0}
+        n = 0
+        verdict = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)  # peak per epoch window
+        t_data = time.perf_counter()
+        for batch in self.loader(self.epoch):
+            data_time = time.perf_counter() - t_data
+            try:
+                stats = self.train_step(batch, data_time)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+                verdict = self._oom(exc)
+                break
+            self.log.step(stats)
+            verdict = self.health.update(stats)
+            if not stats.nonfinite:
+                n += 1
+                for k in TERMS:
+                    sums[k] += getattr(stats, f"loss_{k}")
+                sums["loss"] += stats.loss
+            if progress is not None:
+                progress(stats)
+            if verdict is not None:
+                break
+            t_data = time.perf_counter()
+        means = {f"train/loss_{k}": sums[k] / max(n, 1) for k in TERMS} | {"train/loss": sums["loss"] / max(n, 1)}
+        return means, verdict
+
+    def _oom(self, exc: BaseException) -> Verdict:
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return Verdict("oom", "oom", self.step + 1, {"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+
+    def fit(self, progress=None) -> Iterator[EpochResult]:
+        """Trains from the current epoch to cfg.epochs, yielding after each epoch; ends after
+        a fatal verdict."""
+        while self.epoch < self.cfg.epochs:
+            result = self.run_epoch(progress)
+            yield result
+            if result.verdict is not None:
+                return
+
+    def run_epoch(self, progress=None) -> EpochResult:
+        """One epoch of training, then validation when due. `progress(StepStats)` is called
+        after every step."""
+        cfg = self.cfg
+        train_metrics, verdict = self.train_epoch(progress)
+        self.epoch += 1
+        validated = False
+        if verdict is None and (self.epoch % cfg.val_interval == 0 or self.epoch == cfg.epochs):
+            try:
+                self.val_metrics = self.evaluate()
+                validated = True
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+                verdict = self._oom(exc)
+        leak = self.health.end_epoch(self.epoch, self.step, host_rss_gb())
+        verdict = verdict or leak
+        metrics = self.epoch_metrics(train_metrics, verdict)
+        self.log.epoch(metrics, self.step)
+        if verdict is not None:
+            self.log.line(verdict.message)
+        return EpochResult(self.epoch, self.step, metrics, verdict, validated)
+
+    def epoch_metrics(self, train_metrics: dict, verdict: Verdict | None) -> dict:
+        m = dict(train_metrics)
+        m.update(self.val_metrics)  # carried forward between validations
+        m["lr"] = self.optimizer.param_groups[0]["lr"]
+        m["epoch"] = float(self.epoch)
+        m.update(self.health.epoch_summary())
+        m["health/fatal"] = 1.0 if verdict else 0.0
+        m["health/stop_reason"] = verdict.reason if verdict else "ok"
+        return m
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "val_metrics": dict(self.val_metrics),
+            "health": self.health.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_checkpoint(path, self.state_dict())
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Restore the full training state (continues from the epoch after the saved one)."""
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.val_metrics = dict(state["val_metrics"])
+        self.health.load_state_dict(state["health"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Initial weights only (e.g. a stage-1 checkpoint for stage 2); optimizer starts fresh."""
+        state = load_checkpoint(path, map_location=self.device)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or missing:
+            self.log.line(f"loaded {path}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+
+    def close(self) -> None:
+        self.log.close()

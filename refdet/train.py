@@ -1,0 +1,153 @@
+"""Train RefDet without Ray: ``python -m refdet.train --config smoke``.
+
+    python -m refdet.train --config FILE|PRESET [--set key=value ...] [original flags]
+
+Flags of the original train.py override the config: --stage --epochs --batch_size --n_way
+--n_query --lr --gradient_clip_norm --dfl_weight --warmup_epochs --data_root --val_data_root
+--checkpoint --val_interval --debug_mode, plus --output_dir, --resume and --set for any key.
+
+Outputs in --output_dir (default ./checkpoints): training.log (grep "CPE Loss",
+"Total Grad Norm", "DFL loss"), metrics.jsonl, tb/ (TensorBoard), last.pt, best.pt,
+config.yaml.
+
+Exit codes: 0 trained; 2 bad input (config, dataset, checkpoint); 3 stopped by a health
+rule (the verdict is printed); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from refdet.config import ConfigError, TrainConfig
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_HEALTH, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+# original flag -> config path
+FLAGS = {
+    "stage": ("stage", int),
+    "epochs": ("epochs", int),
+    "batch_size": ("batch_size", int),
+    "n_way": ("data.n_way", int),
+    "n_query": ("data.n_query", int),
+    "lr": ("optim.lr", float),
+    "gradient_clip_norm": ("optim.gradient_clip_norm", float),
+    "dfl_weight": ("loss.dfl_weight", float),
+    "warmup_epochs": ("optim.warmup_epochs", int),
+    "data_root": ("data.root", str),
+    "val_data_root": ("data.val_root", str),
+    "checkpoint": ("checkpoint", str),
+    "val_interval": ("val_interval", int),
+    "output_dir": ("output_dir", str),
+    "steps_per_epoch": ("steps_per_epoch", int),
+    "device": ("device", str),
+    "seed": ("seed", int),
+}
+
+
+def parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig.load(args.config)
+    overrides = parse_set(args.set)
+    for flag, (path, _) in FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[path] = value
+    if args.debug_mode:
+        overrides["debug_mode"] = True
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m refdet.train", description="Train RefDet (no Ray needed).",
+                                 epilog="Exit codes: 0 ok, 2 bad input, 3 health stop, 130 interrupted.")
+    ap.add_argument("--config", default="smoke", help="preset name (smoke) or TrainConfig YAML (default smoke)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key, e.g. --set optim.weight_decay=0.01 (repeatable)")
+    for flag, (_, typ) in FLAGS.items():
+        ap.add_argument(f"--{flag}", type=typ, default=None)
+    ap.add_argument("--debug_mode", action="store_true", help="log every step")
+    ap.add_argument("--resume", default=None, help="continue from a checkpoint of this run (last.pt)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    # Imported late: argument errors answer without loading torch.
+    from refdet.data.aeroeyes import DatasetError
+    from refdet.engine.checkpoint import CheckpointError
+
+    try:
+        cfg = build_config(args)
+        out = Path(cfg.output_dir)
+        from refdet.engine.trainer import Trainer
+
+        trainer = Trainer(cfg, run_dir=out)
+        if args.resume:
+            trainer.resume(args.resume)
+    except (ConfigError, DatasetError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if cfg.debug_mode:
+        trainer.log.log_every = 1
+    cfg.to_yaml(out / "config.yaml", header="config of this run (python -m refdet.train --config this file)")
+    print(trainer.dataset_summary)
+    print(f"training on {trainer.device}: {cfg.epochs} epochs x {cfg.steps_per_epoch} steps, output in {out}")
+    try:
+        return run(trainer, cfg, out, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at epoch {trainer.epoch}; resume with --resume {out / 'last.pt'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        trainer.close()
+
+
+def run(trainer, cfg: TrainConfig, out: Path, progress: bool = True) -> int:
+    from tqdm import tqdm
+
+    best = -1.0
+    while trainer.epoch < cfg.epochs:
+        bar = tqdm(total=cfg.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=True, dynamic_ncols=True)
+
+        def on_step(s, bar=bar):
+            bar.update(1)
+            if s.step % 5 == 0:
+                bar.set_postfix(loss=f"{s.loss:.3f}", dfl=f"{s.loss_dfl:.3f}", cpe=f"{s.loss_cpe:.3f}",
+                                gnorm=f"{s.grad_norm_pre:.3g}", rss=f"{s.mem_rss_gb:.2f}GB", refresh=False)
+
+        result = trainer.run_epoch(on_step)
+        bar.close()
+        m = result.metrics
+        print(f"epoch {result.epoch}: loss {m['train/loss']:.4f} | val/st_iou {m['val/st_iou']:.4f} "
+              f"ap50 {m['val/ap50']:.4f} recall {m['val/recall']:.4f} | lr {m['lr']:.3g} | "
+              f"grad norm max {m['health/grad_norm_pre_max']:.4g} | RSS {m['health/mem_rss_gb']:.2f} GB")
+        if result.verdict is not None:
+            print(f"stopped: {result.verdict.message}", file=sys.stderr)
+            return EXIT_HEALTH
+        trainer.save(out / "last.pt")
+        if result.validated and m["val/st_iou"] > best:
+            best = m["val/st_iou"]
+            trainer.save(out / "best.pt")
+    print(f"done: best val/st_iou {max(best, 0.0):.4f}; checkpoints in {out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

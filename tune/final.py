@@ -1,0 +1,79 @@
+"""The final run of a search's best configuration, as one fault-tolerant Ray trial.
+
+    python tune/final.py results/<name> [--epochs 100] [--address auto] [--max-failures 3]
+
+Trains `results/<name>/best_config.yaml` unchanged (but for --epochs) with the same trainer
+code as `python -m refdet.train --config results/<name>/best_config.yaml`, on a whole GPU
+where the cluster has one. Checkpoints every epoch; a lost worker resumes from the last one;
+running the command again after an interruption continues the run. TensorBoard:
+`tensorboard --logdir results/<name>/final`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from refdet.config import ConfigError, TrainConfig  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python tune/final.py", description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", help="results/<name> folder with best_config.yaml")
+    ap.add_argument("--epochs", type=int, default=None, help="override the config's epochs (default: as exported)")
+    ap.add_argument("--address", default=None, help="Ray cluster address (auto, host:port, ray://...)")
+    ap.add_argument("--max-failures", type=int, default=3)
+    ap.add_argument("--cpus", type=float, default=None, help="CPUs for the trial (default: all of one node, max 8)")
+    args = ap.parse_args(argv)
+    exp = Path(args.experiment).resolve()
+    try:
+        cfg = TrainConfig.from_yaml(exp / "best_config.yaml")
+        if args.epochs is not None:
+            if args.epochs < 1:
+                raise ConfigError("--epochs: must be >= 1")
+            cfg = cfg.with_overrides({"epochs": args.epochs})
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import ray
+    from ray import tune
+
+    from tune.launch import init_ray
+    from tune.trainable import final_trainable
+
+    init_ray(args.address)
+    try:
+        res = ray.cluster_resources()
+        gpu = 1 if res.get("GPU", 0) >= 1 else 0
+        cpu = args.cpus or max(1.0, min(8.0, res.get("CPU", 1)))
+        cfg = cfg.with_overrides({"device": "cuda" if gpu else "cpu", "num_threads": int(cpu)}).resolve_paths()
+        trainable = tune.with_resources(
+            tune.with_parameters(final_trainable, cfg_dict=cfg.to_dict()), {"cpu": cpu, "gpu": gpu})
+        final_dir = exp / "final"
+        if (final_dir / "tuner.pkl").is_file():
+            print(f"continuing the final run in {final_dir}")
+            tuner = tune.Tuner.restore(str(final_dir), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=1),
+                               run_config=tune.RunConfig(name="final", storage_path=str(exp),
+                                                         failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                                         verbose=1))
+        result = tuner.fit()[0]
+    finally:
+        ray.shutdown()
+    if result.error:
+        print(f"error: the final run failed: {result.error}", file=sys.stderr)
+        return 1
+    m = result.metrics or {}
+    print(f"final run: {m.get('training_iteration', 0)} epochs, val/st_iou {m.get('val/st_iou', float('nan')):.4f}, "
+          f"stop {m.get('health/stop_reason', '?')}; checkpoints and TensorBoard in {exp / 'final'}")
+    return 3 if m.get("health/fatal") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

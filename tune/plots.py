@@ -1,0 +1,106 @@
+"""Plots of a search (PNG, matplotlib Agg): history, importances, per-parameter scatter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"completed": "tab:green", "asha": "tab:blue", "running": "tab:gray", "error": "black",
+          "oom": "tab:red", "nonfinite": "tab:purple", "grad_explosion": "tab:orange", "loss_spike": "tab:pink",
+          "dfl_divergence": "tab:brown", "cpe_zero": "tab:olive", "memory_budget": "tab:cyan",
+          "memory_leak": "darkred"}
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_plots(report, study) -> list[Path]:
+    out = report.exp / "plots"
+    out.mkdir(exist_ok=True)
+    written = [history_plot(report, out / "history.png")]
+    imp = importance_plot(study, out / "importances.png")
+    if imp:
+        written.append(imp)
+    for key in report.spec.params:
+        written.append(scatter_plot(report, key, out / f"param_{key.replace('.', '_')}.png"))
+    return written
+
+
+def history_plot(report, path: Path) -> Path:
+    """Each trial's metric per epoch (lines), and the best-so-far over trial order."""
+    spec = report.spec
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in report.rows:
+        if r.history:
+            xs, ys = zip(*r.history)
+            a.plot(xs, ys, marker="o", ms=3, color=COLORS.get(r.reason, "gray"), alpha=0.8)
+    a.set(xlabel="epoch", ylabel=spec.metric, title="trials per epoch (colour: stop reason)")
+    best, best_so_far, xs = None, [], []
+    sign = 1 if spec.mode == "max" else -1
+    for i, r in enumerate(report.rows):
+        value = r.best if r.reason not in ("error",) and r.best is not None and not r.verdict else None
+        if value is not None and (best is None or sign * value > sign * best):
+            best = value
+        xs.append(i)
+        best_so_far.append(best if best is not None else float("nan"))
+        b.scatter([i], [r.best if r.best is not None else spec.penalty], color=COLORS.get(r.reason, "gray"), s=25)
+    b.step(xs, best_so_far, where="post", color="black", label="best so far")
+    b.set(xlabel="trial (start order)", ylabel=f"best {spec.metric}", title="optimisation history")
+    _legend(b, {r.reason for r in report.rows})
+    _save(fig, path)
+    return path
+
+
+def importance_plot(study, path: Path) -> Path | None:
+    """Optuna's parameter importances (needs a few finished trials); None if not computable."""
+    if study is None:
+        return None
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 3:
+        return None
+    try:
+        from optuna.visualization.matplotlib import plot_param_importances
+
+        ax = plot_param_importances(study)
+        _save(ax.figure, path)
+        return path
+    except Exception:  # importances are undefined for some histories (e.g. constant values)
+        plt.close("all")
+        return None
+
+
+def scatter_plot(report, key: str, path: Path) -> Path:
+    spec = report.spec
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in report.rows:
+        v = r.params.get(key)
+        if v is None:
+            continue
+        y = r.best if r.best is not None else spec.penalty
+        ax.scatter([v], [y], color=COLORS.get(r.reason, "gray"), s=40, edgecolors="k", linewidths=0.4)
+    p = spec.params[key]
+    if p.log or p.type == "loguniform":
+        ax.set_xscale("log")
+    ax.set(xlabel=key, ylabel=f"best {spec.metric}", title=f"{key} (colour: stop reason)")
+    _legend(ax, {r.reason for r in report.rows})
+    _save(fig, path)
+    return path
+
+
+def _legend(ax, reasons) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=COLORS.get(r, "gray"), label=r) for r in sorted(reasons)]
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="best")

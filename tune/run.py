@@ -1,0 +1,103 @@
+"""Search RefDet's training hyperparameters with Ray Tune + Optuna + ASHA.
+
+    python tune/run.py --space smoke                 # tiny synthetic search on this machine
+    python tune/run.py --space stage2.yaml           # the real search (./datasets/train, ./datasets/val)
+    python tune/run.py --space stage2 --address auto # on a running Ray cluster (ray start --head)
+    python tune/run.py --space smoke --resume        # continue an interrupted search
+    python tune/run.py --space smoke --dry-run       # print the resolved space and first configs
+
+Results land in results/<name>/ (or <--storage>/<name>): Ray's trial dirs (TensorBoard
+events), space.yaml, optuna.log (Optuna journal), leaderboard.csv, summary.md,
+health_report.md, plots/, best_config.yaml.
+
+Exit codes: 0 done; 2 bad input (space file, names, paths); 130 interrupted (resume with
+--resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Ray's newer console output ignores a ProgressReporter; the classic one prints our table.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tune.space import SAFE_NAME, SpaceError, load_space  # noqa: E402
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+DEFAULT_RESULTS = Path("results")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python tune/run.py", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--space", default="smoke", help="search space: a name in search_spaces/ or a YAML path")
+    ap.add_argument("--name", default=None, help="experiment name (default: the space's name)")
+    ap.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    ap.add_argument("--max-concurrent", type=int, default=None, help="override search.max_concurrent")
+    ap.add_argument("--resume", action="store_true", help="continue the search in results/<name>")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved space and the first configs; run nothing")
+    ap.add_argument("--address", default=None, help="Ray cluster address (auto, host:port or ray://...)")
+    ap.add_argument("--storage", default=None,
+                    help="experiment storage: a path or URI (s3://...) shared by all nodes (default ./results)")
+    ap.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died (default 2)")
+    ap.add_argument("--confirm-top", type=int, default=0, metavar="K",
+                    help="after the search, re-run the K best configs with new seeds (see --seeds)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per config for --confirm-top (default 3)")
+    ap.add_argument("--report-every", type=float, default=10.0, help="seconds between console tables (default 10)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        spec = load_space(args.space)
+        spec = apply_cli(spec, args)
+    except SpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        from tune.launch import dry_run
+
+        print(dry_run(spec))
+        return EXIT_OK
+    from tune.launch import ExperimentError, run_search
+
+    try:
+        return run_search(spec, args)
+    except ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python tune/run.py --space {args.space} --name {spec.name} --resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def apply_cli(spec, args):
+    from dataclasses import replace
+
+    changes = {}
+    if args.name is not None:
+        if not SAFE_NAME.match(args.name) or args.name in (".", ".."):
+            raise SpaceError(f"--name {args.name!r}: must be a plain folder name (letters, digits, _ . -)")
+        changes["name"] = args.name
+    for flag, field in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent")):
+        v = getattr(args, flag)
+        if v is not None:
+            if v < 1:
+                raise SpaceError(f"--{flag.replace('_', '-')}: must be >= 1")
+            changes[field] = v
+    if args.confirm_top < 0 or args.seeds < 1:
+        raise SpaceError("--confirm-top must be >= 0 and --seeds >= 1")
+    return replace(spec, **changes) if changes else spec
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    sys.exit(main())
