@@ -102,6 +102,7 @@ class HealthConfig:
     grad_norm_max: float = 1e4  # pre-clip norm
     clip_ratio_max: float = 100.0
     loss_spike_factor: float = 2.0  # total loss vs its running median, after warmup
+    loss_spike_patience: int = 10  # consecutive steps: a small batch's loss is noisy step to step
     loss_window: int = 50  # steps in the running median
     dfl_max: float = 5.0
     cpe_zero_window: int = 20  # steps; CPE == 0 on all of them is fatal (stage 2)

@@ -50,7 +50,7 @@ def test_clip_ratio():
 
 
 def test_loss_spike_after_warmup_only():
-    cfg = HealthConfig(patience=2, grad_norm_max=1e9, clip_ratio_max=1e9)
+    cfg = HealthConfig(patience=5, loss_spike_patience=2, grad_norm_max=1e9, clip_ratio_max=1e9)
     seq = [stats(i, loss=1.0) for i in range(1, 21)] + [stats(21, loss=5.0), stats(22, loss=5.0)]
     assert run(HealthMonitor(cfg, warmup_steps=100), seq) is None
     v = run(HealthMonitor(cfg, warmup_steps=10), seq)

@@ -9,7 +9,8 @@ those of the original monitoring checklist (DESIGN.md, Health rules):
 | nonfinite       | nonfinite        | loss or grad norm is NaN/inf, once                            |
 | grad_norm       | grad_explosion   | pre-clip norm > grad_norm_max for `patience` steps             |
 | clip_ratio      | grad_explosion   | pre/post clip ratio > clip_ratio_max for `patience` steps      |
-| loss_spike      | loss_spike       | after warmup, loss > factor x running median, `patience` steps |
+| loss_spike      | loss_spike       | after warmup, loss > factor x running median for              |
+|                 |                  | `loss_spike_patience` steps (per-batch loss is noisy)          |
 | dfl_divergence  | dfl_divergence   | after warmup, DFL loss > dfl_max for `patience` steps          |
 | cpe_zero        | cpe_zero         | stage 2: CPE loss exactly 0 on every step of a window          |
 | memory_budget   | memory_budget    | host RSS > budget, or CUDA peak > fraction of the device       |
@@ -138,7 +139,7 @@ class HealthMonitor:
         }
         for rule, (bad, reason, values) in checks.items():
             self.streaks[rule] = self.streaks[rule] + 1 if bad else 0
-            if self.streaks[rule] >= c.patience:
+            if self.streaks[rule] >= (c.loss_spike_patience if rule == "loss_spike" else c.patience):
                 return self._fire(rule, reason, s.step, steps=self.streaks[rule], **values)
         self.losses.append(s.loss)
         if self.cpe_active:

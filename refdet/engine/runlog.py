@@ -33,7 +33,7 @@ class RunLog:
             self._text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def step(self, s: StepStats) -> None:
-        if s.step % self.log_every and not s.nonfinite:
+        if s.step % self.log_every and s.step != 1 and not s.nonfinite:
             return
         self.line(
             f"epoch {s.epoch} step {s.step} | Total Loss {s.loss:.4f} | BBox loss {s.loss_bbox:.4f} | "

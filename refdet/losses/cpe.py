@@ -31,9 +31,15 @@ def jitter_boxes(boxes: torch.Tensor, n: int, scale: float, img_size: tuple[int,
     ctr = (b[:, 2:] + b[:, :2]) / 2
     ctr = ctr + (torch.rand_like(ctr) * 2 - 1) * scale * wh
     wh = wh * torch.exp((torch.rand_like(wh) * 2 - 1) * scale)
-    out = torch.cat([ctr - wh / 2, ctr + wh / 2], 1)
+    return clip_to_image(torch.cat([ctr - wh / 2, ctr + wh / 2], 1), img_size)
+
+
+def clip_to_image(boxes: torch.Tensor, img_size: tuple[int, int]) -> torch.Tensor:
+    """[..., 4] xyxy clamped to an image of (h, w) px."""
     h, w = img_size
-    return torch.stack([out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)], 1)
+    x = boxes[..., 0::2].clamp(0, w)
+    y = boxes[..., 1::2].clamp(0, h)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
 
 
 class CPELoss(nn.Module):
@@ -63,6 +69,9 @@ class CPELoss(nn.Module):
         k = min(cfg.cpe_num_proposals, pred_scores.shape[1])
         top = pred_scores.topk(k, dim=1).indices  # [B, k]
         preds = pred_boxes.gather(1, top[..., None].expand(-1, -1, 4))
+        # Diverged weights give NaN/inf/huge boxes, on which torchvision's roi_align crashes
+        # the process: keep every proposal finite and inside the image.
+        preds = clip_to_image(torch.nan_to_num(preds, nan=0.0, posinf=0.0, neginf=0.0), (h, w))
         boxes, labels = [], []
         img_labels = object_ids[ref_index]  # [B]
         for b in range(pred_boxes.shape[0]):
