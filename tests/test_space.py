@@ -1,0 +1,95 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tune.space import SpaceError, load_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+GOOD = """
+name: t
+base: smoke
+params:
+  optim.gradient_clip_norm: {type: loguniform, low: 1.0, high: 100.0}
+  loss.dfl_weight: {type: uniform, low: 0.25, high: 2.0}
+  optim.warmup_epochs: {type: int, low: 0, high: 3}
+  optim.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+search: {metric: val/st_iou, mode: max, num_samples: 4, max_concurrent: 2,
+         initial_points: [{optim.gradient_clip_norm: 10.0, loss.dfl_weight: 0.75, optim.warmup_epochs: 3, optim.lr: 1.0e-4}]}
+scheduler: {type: asha, max_t: 3, grace_period: 1, reduction_factor: 2}
+resources: {cpu: 1, gpu: 0.5}
+"""
+
+
+def test_shipped_spaces_are_valid():
+    for name in ("smoke", "stage2", "hazard"):
+        spec = load_space(name)
+        assert set(spec.params) >= {"optim.gradient_clip_norm", "loss.dfl_weight", "optim.warmup_epochs", "optim.lr"}
+        assert spec.base.epochs == spec.max_t
+        assert Path(spec.base.data.root).is_absolute()  # trials run in other working dirs
+    s2 = load_space("stage2")
+    assert set(s2.params) == {"optim.gradient_clip_norm", "loss.dfl_weight", "optim.warmup_epochs", "optim.lr"}
+    assert s2.base.data.root.endswith("datasets/train") and s2.base.data.val_root.endswith("datasets/val")
+    assert s2.initial_points[0] == {"optim.gradient_clip_norm": 10.0, "loss.dfl_weight": 0.75,
+                                    "optim.warmup_epochs": 3, "optim.lr": 1e-4}
+    assert load_space("smoke").base == load_space("smoke").base.__class__.preset("smoke").with_overrides(
+        {"epochs": 4}).resolve_paths()
+
+
+@pytest.mark.parametrize("change, match", [
+    (("optim.lr: {type: loguniform", "optim.lrr: {type: loguniform"), "params.optim.lrr: not a TrainConfig key"),
+    (("optim.warmup_epochs: {type: int", "optim.warmup_epochs: {type: uniform"), "needs a float field"),
+    (("low: 0.25, high: 2.0", "low: 2.0, high: 0.25"), "low must be < high"),
+    (("low: 1.0e-4, high", "low: -1.0, high"), "log range needs low > 0"),
+    (("metric: val/st_iou", "metric: val/banana"), "search.metric"),
+    (("mode: max", "mode: up"), "search.mode"),
+    (("name: t", "name: ../../etc"), "name"),
+    (("grace_period: 1", "grace_period: 9"), "grace_period"),
+    (("optim.warmup_epochs: 3, optim.lr: 1.0e-4}", "optim.warmup_epochs: 7, optim.lr: 1.0e-4}"), "outside"),
+    (("resources: {cpu: 1, gpu: 0.5}", "resources: {cpu: 0, gpu: 0.5}"), "resources.cpu"),
+    (("base: smoke", "base: nosuchpreset"), "base"),
+    (("search: {", "bogus: 1\nsearch: {"), "bogus: unknown key"),
+])
+def test_invalid_spaces_name_file_and_key(tmp_path, change, match):
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(SpaceError, match=match) as info:
+        load_space(path)
+    assert path in str(info.value)
+
+
+def test_hostile_yaml(tmp_path):
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(write(tmp_path, "!!python/object/apply:os.system ['touch /tmp/pwned']\n"))
+    with pytest.raises(SpaceError, match="mapping"):
+        load_space(write(tmp_path, "[1, 2]\n"))
+    with pytest.raises(SpaceError, match="params"):
+        load_space(write(tmp_path, "name: x\n"))
+
+
+def test_run_cli_rejects_bad_space_without_writing(tmp_path):
+    path = write(tmp_path, GOOD.replace("mode: max", "mode: up"))
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", path], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "search.mode" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "results").exists()
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "smoke", "--name", "../x"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "--name" in r.stderr
+
+
+def test_dry_run_prints_space_and_first_configs(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", write(tmp_path, GOOD), "--dry-run"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "first configurations" in r.stdout
+    assert "0: optim.gradient_clip_norm=10, loss.dfl_weight=0.75, optim.warmup_epochs=3, optim.lr=0.0001" in r.stdout
+    assert not (tmp_path / "results").exists()
