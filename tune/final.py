@@ -43,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     from ray import tune
 
     from tune.launch import init_ray
+    from tune.tb import TrialTensorBoard
     from tune.trainable import final_trainable
 
-    init_ray(args.address)
+    started = init_ray(args.address)
     try:
         res = ray.cluster_resources()
         gpu = 1 if res.get("GPU", 0) >= 1 else 0
         cpu = args.cpus or max(1.0, min(8.0, res.get("CPU", 1)))
-        cfg = cfg.with_overrides({"device": "cuda" if gpu else "cpu", "num_threads": int(cpu)}).resolve_paths()
+        cfg = cfg.with_overrides({"device": "auto", "num_threads": int(cpu)}).resolve_paths()
         trainable = tune.with_resources(
             tune.with_parameters(final_trainable, cfg_dict=cfg.to_dict()), {"cpu": cpu, "gpu": gpu})
         final_dir = exp / "final"
@@ -62,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                                run_config=tune.RunConfig(name="final", storage_path=str(exp),
                                                          failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                                         verbose=1))
+                                                         callbacks=[TrialTensorBoard([])], verbose=1))
         result = tuner.fit()[0]
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     if result.error:
         print(f"error: the final run failed: {result.error}", file=sys.stderr)
         return 1

@@ -50,14 +50,19 @@ def storage_root(args) -> tuple[str, Path | None]:
     return str(root.resolve()), root.resolve()
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None) -> bool:
+    """Connect to `address`, or start a local Ray (no dashboard). Returns False when Ray was
+    already initialised in this process (then the caller must not shut it down)."""
     import ray
 
+    if ray.is_initialized():
+        return False
     kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(**kwargs)  # local: Ray counts this machine's CPUs and GPUs
+    return True
 
 
 def run_search(spec: SearchSpec, args) -> int:
@@ -82,6 +87,7 @@ def run_search(spec: SearchSpec, args) -> int:
 
     from tune.scheduler import build_scheduler
     from tune.searcher import build_searcher
+    from tune.tb import TrialTensorBoard
     from tune.trainable import refdet_trainable
 
     if exp_local is not None:
@@ -93,7 +99,7 @@ def run_search(spec: SearchSpec, args) -> int:
 
         if ensure_dataset(spec.base.data):  # once, here, not raced by the trials
             print(f"generated the synthetic dataset at {spec.base.data.root}")
-    init_ray(args.address)
+    started = init_ray(args.address)
     try:
         trainable = tune.with_resources(tune.with_parameters(refdet_trainable, spec=spec),
                                         {"cpu": spec.cpu, "gpu": spec.gpu})
@@ -113,13 +119,15 @@ def run_search(spec: SearchSpec, args) -> int:
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     progress_reporter=make_reporter(spec, args.report_every), verbose=1,
+                    callbacks=[TrialTensorBoard(list(spec.params))],
                 ),
             )
         t0 = time.time()
         results = tuner.fit()
         elapsed = time.time() - t0
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     return finish(spec, results, exp_local, storage, elapsed, args)
 
 

@@ -20,7 +20,6 @@ from refdet.config import TrainConfig
 from refdet.engine.trainer import Trainer
 
 CKPT_NAME = "trainer.pt"
-HPARAM_KEYS = ("optim.gradient_clip_norm", "loss.dfl_weight", "optim.warmup_epochs", "optim.lr")
 
 
 def trial_threads(cpu: float) -> int:
@@ -34,8 +33,9 @@ def trial_threads(cpu: float) -> int:
 
 def build_trial_config(spec, params: dict) -> TrainConfig:
     cfg = spec.trial_config(params)
-    return cfg.with_overrides({"num_threads": trial_threads(spec.cpu),
-                               "device": "cuda" if spec.gpu > 0 else "cpu"})
+    # "auto": CUDA when Ray gave the trial a GPU it can see, the CPU otherwise (a simulated
+    # cluster's logical GPUs, or a GPU-less node) -- never a crash for want of CUDA.
+    return cfg.with_overrides({"num_threads": trial_threads(spec.cpu), "device": "auto"})
 
 
 def search_metrics(result_metrics: dict, metric: str, penalty: float, fatal: bool) -> dict:
@@ -59,19 +59,20 @@ def refdet_trainable(config: dict, spec=None) -> None:
     cfg = build_trial_config(spec, params)
     if seed is not None:
         cfg = cfg.with_overrides({"seed": int(seed)})
-    run_trial(cfg, spec.metric, spec.penalty, tensorboard=False)
+    run_trial(cfg, spec.metric, spec.penalty)
 
 
 def final_trainable(config: dict, cfg_dict=None, metric: str = "val/st_iou", penalty: float = 0.0) -> None:
     """The final run as one Ray trial (tune/final.py): the exported config, unchanged."""
-    run_trial(TrainConfig.from_dict(cfg_dict), metric, penalty, tensorboard=True)
+    run_trial(TrainConfig.from_dict(cfg_dict), metric, penalty)
 
 
-def run_trial(cfg: TrainConfig, metric: str, penalty: float, tensorboard: bool) -> None:
+def run_trial(cfg: TrainConfig, metric: str, penalty: float) -> None:
     """Drives the trainer epoch by epoch: resume from Tune's checkpoint, report every epoch
-    with a checkpoint, end at once on a fatal verdict (reported, never resumed)."""
+    with a checkpoint, end at once on a fatal verdict (reported, never resumed).
+    TensorBoard is written by the driver's TrialTensorBoard callback, not here."""
     trial_dir = Path(tune.get_context().get_trial_dir())
-    trainer = Trainer(cfg, run_dir=trial_dir / "refdet", tensorboard=tensorboard)
+    trainer = Trainer(cfg, run_dir=trial_dir / "refdet", tensorboard=False)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:

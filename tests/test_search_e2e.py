@@ -1,0 +1,165 @@
+"""The search end to end on a real local Ray instance (one per module): hazard-style ranges so
+some trials really explode; the report; the final run both ways."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search_fixtures import write_space
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+HEALTH = {"oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "cpe_zero", "memory_budget",
+          "memory_leak"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(ray_local, tiny_dataset, tmp_path_factory):
+    from tune.run import main
+
+    tmp = tmp_path_factory.mktemp("search")
+    space = write_space(tmp, tiny_dataset, "e2e", num_samples=6)
+    rc = main(["--space", str(space), "--storage", str(tmp / "results"), "--report-every", "5"])
+    return rc, tmp / "results" / "e2e", space
+
+
+def leaderboard(exp):
+    with open(exp / "leaderboard.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def journal(exp):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(exp / "optuna.log")))
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["e2e"]  # one study
+    return optuna.load_study(study_name="e2e", storage=storage)
+
+
+def test_search_runs_and_stops_unhealthy_trials(search):
+    rc, exp, _ = search
+    assert rc == 0
+    rows = leaderboard(exp)
+    assert len(rows) == 6
+    reasons = [r["stop_reason"] for r in rows]
+    assert set(reasons) & HEALTH, reasons
+    # the enqueued first trial (clip 0.1: pre/post clip ratio in the hundreds) is stopped in epoch 1
+    first = next(r for r in rows if float(r["optim.lr"]) == 0.9)
+    assert first["stop_reason"] in HEALTH and int(first["epochs"]) == 1
+    for r in rows:
+        if r["stop_reason"] == "completed":
+            assert int(r["epochs"]) == 3
+        if r["stop_reason"] == "asha":
+            assert int(r["epochs"]) < 3
+
+
+def test_journal_states_match_what_happened(search):
+    _, exp, _ = search
+    study = journal(exp)
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials() if "retry_of" not in t.user_attrs}
+    rows = leaderboard(exp)
+    assert len(by_id) == len(rows)
+    for r in rows:
+        t = by_id[r["trial_id"]]
+        reason = r["stop_reason"]
+        if reason == "completed":
+            assert t.state == TrialState.COMPLETE and t.constraints == {"health": 0.0}
+        elif reason == "asha":
+            assert t.state == TrialState.PRUNED and max(t.intermediate_values) == int(r["epochs"])
+        elif reason in HEALTH:
+            assert t.state == TrialState.COMPLETE and t.constraints == {"health": 1.0} and t.value == 0.0
+        else:
+            assert t.state == TrialState.FAIL
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    first = study.get_trials()[0]
+    assert first.params["optim.lr"] == 0.9  # the known-good point is enqueued first
+
+
+def test_tensorboard_one_run_per_trial_with_hparams(search):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, exp, _ = search
+    trial_dirs = [p.parent for p in exp.glob("*/params.json")]
+    assert len(trial_dirs) == 6
+    for d in trial_dirs:
+        events = list(d.glob("events.out.tfevents.*"))
+        assert len(events) == 1, d
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        scalars = set(acc.Tags()["scalars"])
+        assert {"val/st_iou", "train/loss_dfl", "health/grad_norm_pre_max", "lr"} <= scalars
+        assert not [s for s in scalars if s.startswith("ray/tune")]
+        content = acc.PluginTagToContent("hparams")
+        assert "_hparams_/session_start_info" in content
+        start = content["_hparams_/session_start_info"]
+        for key in ("optim.gradient_clip_norm", "loss.dfl_weight", "optim.warmup_epochs", "optim.lr"):
+            assert key.encode() in start
+
+
+def test_report_files_and_best_config(search):
+    from refdet.config import TrainConfig
+
+    _, exp, _ = search
+    for name in ("summary.md", "health_report.md", "space.yaml", "best_config.yaml"):
+        assert (exp / name).is_file(), name
+    summary = (exp / "summary.md").read_text()
+    assert "trial-epochs spent" in summary and "saved by early stops" in summary
+    health = (exp / "health_report.md").read_text()
+    assert "rule:" in health and "verdict: health stop" in health
+    pngs = list((exp / "plots").glob("*.png"))
+    assert len(pngs) >= 5 and all(p.stat().st_size > 5000 for p in pngs)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    cfg = TrainConfig.from_yaml(exp / "best_config.yaml")
+    assert cfg.epochs == 2  # final_epochs
+    rows = {r["trial_id"]: r for r in leaderboard(exp)}
+    header = (exp / "best_config.yaml").read_text().splitlines()[1]
+    best_id = header.split()[2].rstrip(":")
+    assert rows[best_id]["stop_reason"] in ("completed", "asha")
+    assert "python -m refdet.train --config" in (exp / "best_config.yaml").read_text()
+
+
+def test_best_config_trains_through_both_final_paths(search, ray_local):
+    _, exp, _ = search
+    r = subprocess.run([sys.executable, "-m", "refdet.train", "--config", str(exp / "best_config.yaml"), "--epochs", "1",
+                        "--output_dir", str(exp / "final_cli"), "--no-progress"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (exp / "final_cli" / "last.pt").is_file()
+    from tune.final import main as final_main
+
+    assert final_main([str(exp), "--epochs", "1", "--cpus", "1"]) == 0
+    assert list((exp / "final").glob("*/checkpoint_*"))
+    assert list((exp / "final").glob("*/events.out.tfevents.*"))
+
+
+def test_report_cli_on_the_experiment(search):
+    _, exp, _ = search
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "report.py"), str(exp), "--no-plots"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "trials by stop reason" in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "report.py"), str(exp / "nope")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2
+
+
+def test_space_file_is_resolved(search):
+    _, exp, _ = search
+    saved = yaml.safe_load((exp / "space.yaml").read_text())
+    assert saved["name"] == "e2e" and isinstance(saved["base"], dict)
