@@ -108,17 +108,18 @@ def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
             row.reason = str(last.get("health/stop_reason", "error"))
             row.verdict, row.rule = str(last.get("health/verdict", "")), str(last.get("health/rule", ""))
             row.step = last.get("health/step")
-        elif any((tdir / n).exists() for n in ("error.txt", "error.pkl")):
-            row.reason = "error"
         elif row.epochs >= spec.max_t:
-            row.reason = "completed"
+            row.reason = "completed"  # error.txt may exist too: a failure that was retried
+        elif any((tdir / n).exists() for n in ("error.txt", "error.pkl")):
+            row.reason = "error"  # unless the journal says otherwise (below)
         rows.append(row)
     _apply_journal_states(exp, spec, rows)
     return rows
 
 
 def _apply_journal_states(exp: Path, spec: SearchSpec, rows: list[TrialRow]) -> None:
-    """A trial the searcher told PRUNED was stopped by ASHA; one still RUNNING is running."""
+    """What the searcher told Optuna decides between asha, error and running: PRUNED was an
+    ASHA stop (even if the trial had a retried failure), FAIL a crash after its retries."""
     study = load_study(exp, spec)
     if study is None:
         return
@@ -131,12 +132,14 @@ def _apply_journal_states(exp: Path, spec: SearchSpec, rows: list[TrialRow]) -> 
             by_id[rid] = t
     for row in rows:
         t = by_id.get(row.trial_id)
-        if t is None or row.reason not in ("running", "completed"):
+        if t is None or row.reason not in ("running", "completed", "error"):
             continue
         if t.state == optuna.trial.TrialState.PRUNED:
             row.reason = "asha"
         elif t.state == optuna.trial.TrialState.FAIL:
             row.reason = "error"
+        elif t.state == optuna.trial.TrialState.COMPLETE:
+            row.reason = "completed"
 
 
 def load_study(exp: Path, spec: SearchSpec):

@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from refdet.config import TrainConfig
@@ -73,6 +74,8 @@ def run_trial(cfg: TrainConfig, metric: str, penalty: float) -> None:
     TensorBoard is written by the driver's TrialTensorBoard callback, not here."""
     trial_dir = Path(tune.get_context().get_trial_dir())
     trainer = Trainer(cfg, run_dir=trial_dir / "refdet", tensorboard=False)
+    trainer.log.line(f"trial on node {ray.get_runtime_context().get_node_id()} device {trainer.device} "
+                     f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
