@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from search_fixtures import write_space
 
 pytestmark = pytest.mark.slow

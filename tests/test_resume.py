@@ -13,7 +13,6 @@ import optuna
 import psutil
 import pytest
 from optuna.trial import TrialState
-
 from search_fixtures import write_space
 
 pytestmark = pytest.mark.slow

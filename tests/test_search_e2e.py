@@ -10,7 +10,6 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-
 from search_fixtures import write_space
 
 pytestmark = pytest.mark.slow
@@ -163,3 +162,22 @@ def test_space_file_is_resolved(search):
     _, exp, _ = search
     saved = yaml.safe_load((exp / "space.yaml").read_text())
     assert saved["name"] == "e2e" and isinstance(saved["base"], dict)
+
+
+def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local):
+    import json
+
+    from tune.report import main as report_main
+
+    _, exp, _ = search
+    assert report_main([str(exp), "--confirm-top", "2", "--seeds", "2", "--no-plots"]) == 0
+    confirm = json.loads((exp / "confirm.json").read_text())
+    assert len(confirm) == 2 and all(len(c["values"]) == 2 for c in confirm)
+    assert "Confirmation (--confirm-top)" in (exp / "summary.md").read_text()
+    text = (exp / "best_config.yaml").read_text()
+    assert "confirmed over 2 new seeds" in text
+    means = {c["source_trial"]: c["mean"] for c in confirm}
+    best_id = text.splitlines()[1].split()[2].rstrip(":")
+    assert means[best_id] == max(means.values())
+    seeds = {json.loads(p.read_text())["seed"] for p in (exp / "confirm").glob("*/params.json")}
+    assert seeds == {1000, 1001}

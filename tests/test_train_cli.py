@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import tiny_train_config
 
 

@@ -171,6 +171,7 @@ class Report:
     spec: SearchSpec
     rows: list[TrialRow]
     best: TrialRow | None
+    confirm: list[dict] = field(default_factory=list)  # from confirm.json (--confirm-top)
 
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
@@ -179,7 +180,7 @@ class Report:
         return c
 
     def console_summary(self) -> str:
-        lines = [f"trials by stop reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))]
+        lines = ["trials by stop reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))]
         if self.best:
             lines.append(f"best trial {self.best.trial_id}: {self.spec.metric} {self.best.best:.4f} with "
                          + ", ".join(f"{k}={_fmt(v)}" for k, v in self.best.params.items()))
@@ -203,7 +204,13 @@ def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = 
         except SpaceError as exc:
             raise ReportError(str(exc)) from None
     rows = collect_trials(exp, spec)
-    report = Report(exp, spec, rows, best_row(rows, spec))
+    confirm = json.loads((exp / "confirm.json").read_text()) if (exp / "confirm.json").is_file() else []
+    report = Report(exp, spec, rows, best_row(rows, spec), confirm)
+    if confirm:  # the best config by mean over new seeds, not a lucky single run
+        sign = 1 if spec.mode == "max" else -1
+        winner = max((c for c in confirm if c["values"]), key=lambda c: sign * c["mean"], default=None)
+        if winner is not None:
+            report.best = next((r for r in rows if r.trial_id == winner["source_trial"]), report.best)
     atomic_write_text(exp / "leaderboard.csv", leaderboard_csv(report))
     atomic_write_text(exp / "summary.md", summary_md(report))
     atomic_write_text(exp / "health_report.md", health_md(report))
@@ -247,6 +254,14 @@ def summary_md(report: Report) -> str:
     lines += [f"| {k} | {v} |" for k, v in sorted(report.counts().items())]
     lines += ["", f"trial-epochs spent: {spent}; running every trial to max_t: {full}; "
                   f"saved by early stops: {full - spent} ({100 * (full - spent) / full:.0f} %)" if full else "", ""]
+    if report.confirm:
+        lines += ["## Confirmation (--confirm-top)", "",
+                  f"best {spec.metric} over its epochs, per new seed; the best config is chosen by the mean", "",
+                  "| source trial | search value | mean | std | seeds |", "|---|---|---|---|---|"]
+        for c in report.confirm:
+            seeds = ", ".join(f"{v:.4f}" for v in c["values"])
+            lines.append(f"| {c['source_trial']} | {c['search_value']:.4f} | {c['mean']:.4f} | {c['std']:.4f} | {seeds} |")
+        lines.append("")
     lines += ["## Leaderboard", "", "| trial | " + " | ".join(keys) + " | best | last | epochs | time s | stop |",
               "|" + "---|" * (len(keys) + 6)]
     for r in sorted(rows, key=_rank_key(spec)):
@@ -272,8 +287,12 @@ def write_best_config(report: Report) -> Path:
     cfg = spec.trial_config(best.params).with_overrides(
         {"epochs": spec.final_epochs, "output_dir": str(final_dir), "device": "auto", "num_threads": 0})
     path = report.exp / "best_config.yaml"
+    conf = next((c for c in report.confirm if c["source_trial"] == best.trial_id), None)
+    confirmed = (f"confirmed over {len(conf['values'])} new seeds: mean {conf['mean']:.4f}, std {conf['std']:.4f}\n"
+                 if conf else "")
     header = (f"best_config.yaml of search '{spec.name}' ({report.exp})\n"
               f"trial {best.trial_id}: {spec.metric} = {best.best:.4f} (best over {best.epochs} epochs, {best.reason})\n"
+              + confirmed
               + "".join(f"  {k} = {_fmt(v)}\n" for k, v in best.params.items())
               + f"final run ({spec.final_epochs} epochs), either:\n"
               f"  python -m refdet.train --config {path}\n"

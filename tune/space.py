@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refdet.config import ConfigError, HealthConfig, TrainConfig, coerce, field_type, load_yaml_mapping
+from refdet.config import (
+    ConfigError,
+    HealthConfig,
+    TrainConfig,
+    coerce,
+    field_type,
+    load_yaml_mapping,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES_DIR = ROOT / "search_spaces"

@@ -56,10 +56,12 @@ def search_metrics(result_metrics: dict, metric: str, penalty: float, fatal: boo
 def refdet_trainable(config: dict, spec=None) -> None:
     """One search trial: base + sampled params, reported per epoch."""
     params = {k: v for k, v in config.items() if k in spec.params}
-    seed = config.get("seed")  # set by --confirm-top re-runs
-    cfg = build_trial_config(spec, params)
-    if seed is not None:
-        cfg = cfg.with_overrides({"seed": int(seed)})
+    run_trial(build_trial_config(spec, params), spec.metric, spec.penalty)
+
+
+def confirm_trainable(config: dict, spec=None, candidates=None) -> None:
+    """A --confirm-top re-run: candidate config number `candidate` with seed `seed`."""
+    cfg = build_trial_config(spec, candidates[config["candidate"]]).with_overrides({"seed": int(config["seed"])})
     run_trial(cfg, spec.metric, spec.penalty)
 
 

@@ -30,7 +30,13 @@ import torch
 
 from refdet.config import DataConfig
 from refdet.data.aeroeyes import VideoEntry
-from refdet.data.frames import CachedFrames, FrameCache, load_reference_images, train_frames, val_frames
+from refdet.data.frames import (
+    CachedFrames,
+    FrameCache,
+    load_reference_images,
+    train_frames,
+    val_frames,
+)
 
 PAD = 114
 

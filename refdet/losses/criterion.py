@@ -17,7 +17,7 @@ from torch import nn
 from refdet.config import LossConfig
 from refdet.losses.assigner import TaskAlignedAssigner
 from refdet.losses.cpe import CPELoss
-from refdet.ops.boxes import bbox2dist, ciou, decode_boxes, dist2bbox, dfl_expectation
+from refdet.ops.boxes import bbox2dist, ciou, decode_boxes, dfl_expectation, dist2bbox
 
 TERMS = ("bbox", "cls", "dfl", "cpe")
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from refdet.config import ModelConfig
-from refdet.model.blocks import C2f, SPPF, Conv
+from refdet.model.blocks import SPPF, C2f, Conv
 
 
 def scale_channels(c: int, cfg: ModelConfig) -> int:

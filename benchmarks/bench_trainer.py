@@ -1,0 +1,112 @@
+"""Trainer benchmark: overhead vs the bare model step, data wait, images/s by size, RSS per epoch.
+
+    python benchmarks/bench_trainer.py [--sizes 160 320 640] [--epochs 10] [--out benchmarks/out/bench_trainer.json]
+
+Prints a table and writes JSON. Measured, never asserted (tests do not time things).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from refdet.config import TrainConfig  # noqa: E402
+from refdet.engine.trainer import Trainer, cpu_threads  # noqa: E402
+
+
+def preset(root: Path, size: int, **over) -> TrainConfig:
+    return TrainConfig.preset("smoke").with_overrides({
+        "data.root": str(root), "data.img_size": size, "batch_size": 8, "data.n_way": 2, "data.n_query": 4,
+        "device": "cpu", "num_threads": cpu_threads(), "health.enabled": False, **over})
+
+
+def timed(fn, n: int) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def step_costs(root: Path, size: int, n: int) -> dict:
+    """Seconds per step: the trainer's train_step vs the bare forward+loss+backward+AdamW step."""
+    tr = Trainer(preset(root, size))
+    batch = tr.sampler.train_batch(0, 0)
+    q, r, ri, tg = tr.to_device(batch)
+    model, crit, opt = tr.model, tr.criterion, tr.optimizer
+
+    def bare():
+        out = model(q, r, ri)
+        loss = crit(out, tg)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt.step()
+
+    # Interleave to share the machine's state fairly; best of 3 rounds each.
+    trainer_s = min(timed(lambda: tr.train_step(batch), n) for _ in range(3))
+    bare_s = min(timed(bare, n) for _ in range(3))
+    return {"size": size, "trainer_step_s": trainer_s, "bare_step_s": bare_s, "overhead_ratio": trainer_s / bare_s,
+            "images_per_s": 8 / trainer_s}
+
+
+def data_wait_and_rss(root: Path, epochs: int, steps: int) -> dict:
+    cfg = preset(root, 160, epochs=epochs, steps_per_epoch=steps)
+    tr = Trainer(cfg)
+    data_t, step_t = [], []
+    rss = []
+
+    def on_step(s):
+        data_t.append(s.data_time)
+        step_t.append(s.step_time)
+
+    for r in tr.fit(on_step):
+        rss.append(r.metrics["health/mem_rss_gb"])
+    growth_after_2 = 100 * (rss[-1] - rss[1]) / rss[1] / max(1, len(rss) - 2) if len(rss) > 2 else 0.0
+    return {"epochs": epochs, "steps_per_epoch": steps, "data_wait_frac": sum(data_t) / (sum(data_t) + sum(step_t)),
+            "rss_gb_per_epoch": rss, "rss_growth_pct_per_epoch_after_2": growth_after_2,
+            "rss_growth_pct_total_after_2": 100 * (rss[-1] - rss[1]) / rss[1] if len(rss) > 2 else 0.0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[160, 320, 640])
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epoch-steps", type=int, default=20)
+    ap.add_argument("--data", default="datasets/synthetic", help="the smoke dataset (generated if missing)")
+    ap.add_argument("--out", default="benchmarks/out/bench_trainer.json")
+    args = ap.parse_args()
+    from refdet.data.synthetic import ensure_dataset
+
+    root = Path(args.data).resolve()
+    ensure_dataset(preset(root, 160).data)
+    print(f"threads {torch.get_num_threads()} of {os.cpu_count()} CPUs; torch {torch.__version__}")
+    rows = []
+    for size in args.sizes:
+        row = step_costs(root, size, args.steps if size < 640 else max(2, args.steps // 2))
+        rows.append(row)
+        print(f"{size:4d} px: trainer {row['trainer_step_s'] * 1000:7.0f} ms/step, bare {row['bare_step_s'] * 1000:7.0f} ms, "
+              f"overhead x{row['overhead_ratio']:.3f}, {row['images_per_s']:.1f} query images/s")
+    mem = data_wait_and_rss(root, args.epochs, args.epoch_steps)
+    print(f"data wait {100 * mem['data_wait_frac']:.2f} % of step time; RSS per epoch (GB): "
+          + ", ".join(f"{x:.3f}" for x in mem["rss_gb_per_epoch"]))
+    print(f"RSS growth after epoch 2: {mem['rss_growth_pct_total_after_2']:.2f} % in all, "
+          f"{mem['rss_growth_pct_per_epoch_after_2']:.3f} % per epoch")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"steps": rows, "memory": mem, "threads": torch.get_num_threads(),
+                               "torch": torch.__version__}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

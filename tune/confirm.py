@@ -1,0 +1,71 @@
+"""--confirm-top K --seeds S: re-run the K best configurations of a search with S new seeds
+at the search budget (max_t epochs, no early stopping), so the exported configuration is not
+a lucky seed. Results: results/<name>/confirm/ (Ray trials) and confirm.json (per config:
+the values of each seed, mean, std); the report then picks the best config by mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from refdet.config import atomic_write_text
+
+SEED_BASE = 1000  # confirmation seeds: 1000, 1001, ... (searches use small seeds)
+
+
+def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None) -> list[dict]:
+    import ray
+    from ray import tune
+
+    from tune.launch import init_ray
+    from tune.report import collect_trials
+    from tune.tb import TrialTensorBoard
+    from tune.trainable import confirm_trainable
+
+    rows = [r for r in collect_trials(exp, spec) if r.best is not None and r.reason in ("completed", "asha")]
+    sign = -1 if spec.mode == "max" else 1
+    top = sorted(rows, key=lambda r: sign * r.best)[:k]
+    if not top:
+        print("confirm: no healthy trial to confirm")
+        return []
+    candidates = [r.params for r in top]
+    started = init_ray(address)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(confirm_trainable, spec=spec, candidates=candidates),
+                                        {"cpu": spec.cpu, "gpu": spec.gpu})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"candidate": tune.grid_search(list(range(len(candidates)))),
+                         "seed": tune.grid_search([SEED_BASE + i for i in range(seeds)])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name="confirm", storage_path=str(exp), verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=2),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      callbacks=[TrialTensorBoard(["candidate", "seed"])]),
+        )
+        grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    values: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
+    for res in grid:
+        if res.error or res.metrics_dataframe is None or res.config is None:
+            continue
+        df = res.metrics_dataframe
+        healthy = df[df.get("health/fatal", 0) == 0] if "health/fatal" in df else df
+        col = healthy[spec.metric] if spec.metric in healthy else []
+        if len(col):
+            values[res.config["candidate"]].append(float(col.max() if spec.mode == "max" else col.min()))
+        else:
+            values[res.config["candidate"]].append(float(spec.penalty))  # health-stopped seed
+    out = []
+    for i, r in enumerate(top):
+        v = values[i]
+        out.append({"source_trial": r.trial_id, "params": r.params, "search_value": r.best, "values": v,
+                    "mean": statistics.fmean(v) if v else math.nan,
+                    "std": statistics.pstdev(v) if len(v) > 1 else 0.0})
+    atomic_write_text(exp / "confirm.json", json.dumps(out, indent=2))
+    return out
