@@ -195,3 +195,10 @@ def test_loss_scale_independent_of_batch_size(tiny_model_cfg):
     two = crit(model(q2, refs, ri2), tg2)
     for k in ("bbox", "cls", "dfl"):
         assert two.terms[k].item() == pytest.approx(one.terms[k].item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_any_number_of_references(tiny_model_cfg, k):
+    model = build_model(tiny_model_cfg)
+    out = model(torch.rand(2, 3, 64, 64), torch.rand(2, k, 3, 32, 32))
+    assert out["cls_logits"].shape[0] == 2 and out["prototypes"][0].shape[0] == 2

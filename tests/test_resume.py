@@ -75,6 +75,12 @@ def test_resume_after_driver_killed(tiny_dataset, tmp_path, ray_tmp):
     before = {p.parent.name: p.read_text().count("\n") for p in exp.glob("*/result.json")}
     assert before and (len(before) < 6 or min(before.values()) < 4)  # killed mid-way
 
+    # the report works on the interrupted search
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "report.py"), str(exp), "--no-plots"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "running" in (exp / "leaderboard.csv").read_text()
+
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env_for(ray_tmp), cwd=tmp_path,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

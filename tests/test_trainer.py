@@ -143,3 +143,22 @@ def test_tiny_model_learns_on_synthetic_data(learn_dataset):
     assert untrained["val/st_iou"] < 0.01 and untrained["val/ap50"] < 0.01
     assert curve[-1] >= untrained["val/st_iou"] + 0.03, curve  # measured: 0.07 after 200 steps
     assert results[-1].metrics["val/ap50"] > untrained["val/ap50"]
+
+
+def test_out_of_memory_is_caught_freed_and_fatal(tiny_cfg, monkeypatch):
+    trainer = Trainer(tiny_cfg(steps_per_epoch=6))
+    real_forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("simulated: cannot allocate 62 GB")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", forward)
+    result = next(trainer.fit())
+    assert result.verdict.reason == "oom" and result.verdict.step == 3
+    assert "62 GB" in result.verdict.values["error"]
+    assert result.metrics["health/stop_reason"] == "oom" and result.metrics["health/fatal"] == 1.0
+    assert all(p.grad is None for p in trainer.model.parameters())  # gradients released

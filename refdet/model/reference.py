@@ -25,6 +25,9 @@ class ReferenceEncoder(nn.Module):
         """references [N, K, 3, r, r] (0-1) -> per scale (P3, P4, P5) prototypes [N, C_l]."""
         n, k = references.shape[:2]
         backbone, neck = self._parts
-        feats = neck(backbone(references.flatten(0, 1)))
+        x = references.flatten(0, 1)
+        if backbone.stem[0].conv.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # match a channels-last model
+        feats = neck(backbone(x))
         # Global average pool per reference, then the mean over the K views.
         return [f.mean(dim=(2, 3)).view(n, k, -1).mean(1) for f in feats]
