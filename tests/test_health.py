@@ -88,3 +88,9 @@ def test_disabled_monitor_still_stops_on_nonfinite():
     m = HealthMonitor(HealthConfig(enabled=False))
     assert run(m, [stats(i, grad_norm_pre=1e9) for i in range(1, 10)]) is None
     assert m.update(stats(10, nonfinite=True, loss=math.inf)).reason == "nonfinite"
+
+
+def test_fp16_overflow_skip_is_not_fatal():
+    m = HealthMonitor(HealthConfig())
+    assert m.update(stats(1, grad_norm_pre=math.inf, grad_norm_post=math.inf, amp_skipped=True)) is None
+    assert m.update(stats(2)) is None

@@ -56,7 +56,7 @@ class StepStats:
     mem_cuda_peak_gb: float
     step_time: float
     data_time: float
-
+    amp_skipped: bool = False  # fp16 GradScaler overflow: the step was skipped, by design
     @property
     def clip_ratio(self) -> float:
         if not math.isfinite(self.grad_norm_pre) or self.grad_norm_post <= 0:
@@ -107,6 +107,8 @@ class HealthMonitor:
         ep["steps"] += 1
         ep["rss"] = max(ep["rss"], s.mem_rss_gb)
         ep["cuda_peak"] = max(ep["cuda_peak"], s.mem_cuda_peak_gb)
+        if s.amp_skipped:
+            return None
         if s.nonfinite or not math.isfinite(s.loss) or not math.isfinite(s.grad_norm_pre):
             ep["nonfinite_steps"] += 1
             return self._fire("nonfinite", "nonfinite", s.step, loss=s.loss, grad_norm_pre=s.grad_norm_pre)

@@ -61,6 +61,21 @@ def host_rss_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def release_memory(device: torch.device | None = None) -> None:
+    """Give freed memory back: Python's garbage, the CUDA cache, and glibc's heap (without
+    malloc_trim a process keeps its high-water mark, and a reused Ray actor would carry one
+    trial's peak into the next trial's RSS)."""
+    gc.collect()
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,7 +196,10 @@ class Trainer:
         numbers = torch.stack([loss.total.detach(), *(loss.terms[k].detach() for k in TERMS), pre,
                                loss.stats["cpe_positives"].float(), loss.stats["num_fg"].float()]).tolist()
         total, bbox, cls, dfl, cpe, pre_v, positives, num_fg = numbers
-        nonfinite = not (math.isfinite(total) and math.isfinite(pre_v))
+        # Under fp16 AMP an inf gradient with a finite loss is GradScaler's overflow: it skips
+        # the step and lowers its scale. That is routine, not a health event.
+        amp_skipped = self.scaler.is_enabled() and math.isfinite(total) and not math.isfinite(pre_v)
+        nonfinite = not (math.isfinite(total) and math.isfinite(pre_v)) and not amp_skipped
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)  # skip the update; the monitor decides
             if self.scaler.is_enabled():
@@ -198,7 +216,7 @@ class Trainer:
         return StepStats(
             step=self.step, epoch=self.epoch + 1, loss=total, loss_bbox=bbox, loss_cls=cls, loss_dfl=dfl,
             loss_cpe=cpe, cpe_positives=int(positives), num_fg=int(num_fg), grad_norm_pre=pre_v,
-            grad_norm_post=post, clipped=bool(pre_v > max_norm), nonfinite=nonfinite, lr=lr,
+            grad_norm_post=post, clipped=bool(pre_v > max_norm), nonfinite=nonfinite, amp_skipped=amp_skipped, lr=lr,
             mem_rss_gb=host_rss_gb(),
             mem_cuda_alloc_gb=torch.cuda.memory_allocated(self.device) / GB if cuda else 0.0,
             mem_cuda_peak_gb=torch.cuda.max_memory_allocated(self.device) / GB if cuda else 0.0,
@@ -234,10 +252,7 @@ class Trainer:
                     preds_rec.append([b for b, s in zip(boxes, scores) if s >= thr])
             videos.append((gt, pred))
         del outputs
-        # Release what validation allocated before training resumes (the original leak).
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(self.device)  # what validation allocated, before training resumes (the original leak)
         return {"val/st_iou": mean_st_iou(videos), "val/ap50": ap50(preds_ap, gts_ap),
                 "val/recall": recall50(preds_rec, gts_ap)}
 
@@ -279,9 +294,7 @@ class Trainer:
 
     def _oom(self, exc: BaseException) -> Verdict:
         self.optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(self.device)
         return Verdict("oom", "oom", self.step + 1, {"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
 
     def fit(self, progress=None) -> Iterator[EpochResult]:
@@ -365,4 +378,8 @@ class Trainer:
             self.log.line(f"loaded {path}: {len(missing)} missing, {len(unexpected)} unexpected keys")
 
     def close(self) -> None:
+        """Close the logs and free what this trainer held (a reused Ray actor runs the next trial)."""
         self.log.close()
+        self.model = self.optimizer = self.criterion = self.sampler = None
+        self.train_videos = self.val_videos = []
+        release_memory(self.device)
