@@ -84,6 +84,14 @@ def test_run_cli_rejects_bad_space_without_writing(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "smoke", "--name", "../x"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "--name" in r.stderr
+    # the real space without its dataset: refused before Ray starts, nothing written
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "stage2"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "datasets/train" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "results").exists()
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "smoke", "--resume"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "no search to resume" in r.stderr
 
 
 def test_dry_run_prints_space_and_first_configs(tmp_path):

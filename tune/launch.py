@@ -74,13 +74,23 @@ def run_search(spec: SearchSpec, args) -> int:
         if args.resume and not (exp_local / "tuner.pkl").is_file():
             raise ExperimentError(f"{exp_local}: no search to resume (no tuner.pkl)")
     if args.resume and exp_local is not None:
-        from tune.space import load_space
+        from tune.space import SpaceError, load_space
 
         saved = exp_local / "space.yaml"
         if saved.is_file():
-            spec_saved = load_space(str(saved))
+            try:
+                spec_saved = load_space(str(saved))
+            except SpaceError as exc:
+                raise ExperimentError(f"cannot resume: {exc}") from None
             if spec_saved.params.keys() != spec.params.keys():
                 raise ExperimentError(f"{saved}: the saved search space differs from --space; resume with the same space")
+
+    if spec.base.data.synthetic:
+        from refdet.data.synthetic import ensure_dataset
+
+        if ensure_dataset(spec.base.data):  # once, here, not raced by the trials
+            print(f"generated the synthetic dataset at {spec.base.data.root}")
+    check_data(spec, remote=bool(args.address))  # before anything is written to results/
 
     import ray
     from ray import tune
@@ -94,11 +104,6 @@ def run_search(spec: SearchSpec, args) -> int:
         exp_local.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             write_space(spec, exp_local / "space.yaml")
-    if spec.base.data.synthetic:
-        from refdet.data.synthetic import ensure_dataset
-
-        if ensure_dataset(spec.base.data):  # once, here, not raced by the trials
-            print(f"generated the synthetic dataset at {spec.base.data.root}")
     started = init_ray(args.address)
     try:
         trainable = tune.with_resources(tune.with_parameters(refdet_trainable, spec=spec),
@@ -129,6 +134,23 @@ def run_search(spec: SearchSpec, args) -> int:
         if started:
             ray.shutdown()
     return finish(spec, results, exp_local, storage, elapsed, args)
+
+
+def check_data(spec: SearchSpec, remote: bool) -> None:
+    """Validate the datasets on the driver, before any trial starts (the trainer validates them
+    again in every trial). On a cluster the data may live only on the workers: a path missing
+    here is then a warning, not an error."""
+    from refdet.data.aeroeyes import DatasetError, load_dataset
+
+    d = spec.base.data
+    for root in filter(None, (d.root, d.val_root)):
+        if remote and not Path(root).exists():
+            print(f"warning: {root} is not on this machine; the trials will check it on their nodes")
+            continue
+        try:
+            load_dataset(root, min_refs=d.k_shot)
+        except DatasetError as exc:
+            raise ExperimentError(str(exc)) from None
 
 
 def write_space(spec: SearchSpec, path: Path) -> None:
