@@ -172,6 +172,9 @@ class Trainer:
         self.train_videos = prepare_videos(train_entries, d, cache, "train", ids)
         self.val_videos = prepare_videos(val_entries, d, cache, "val", ids)
         self.sampler = EpisodeSampler(self.train_videos, d, cfg.episodes_per_batch, cfg.seed)
+        if not self.val_videos:
+            raise ValueError(f"{d.val_root or d.root}: no validation videos (set data.val_root, or a dataset "
+                             f"with at least two {'objects' if d.split == 'group' else 'videos'} to split)")
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -241,6 +244,7 @@ class Trainer:
         self.model.eval()
         thr = self.cfg.conf_threshold
         videos, preds_ap, gts_ap, preds_rec = [], [], [], []
+        outputs = None
         for video in self.val_videos:
             gt, pred = {}, {}
             for batch in self.sampler.val_batches(video, batch_size):
