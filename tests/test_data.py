@@ -200,3 +200,13 @@ def test_references_decide_the_target(tiny_dataset):
         assert not ((b["source_ids"] != ids) & b["mask"][:, 0]).any()  # never a target of another object
         cross_with_object += int(cross.sum())
     assert cross_with_object > 0  # frames showing another (salient) object, labelled empty
+
+
+def test_unwritable_cache_is_a_clear_error(tiny_dataset, tmp_path):
+    from refdet.data.frames import CacheError
+
+    ds = load_dataset(tiny_dataset)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CacheError, match="data.cache_dir"):
+        FrameCache(blocker / "cache", 64).get(ds.videos[0], [0, 1])

@@ -30,6 +30,10 @@ from refdet.data.aeroeyes import VideoEntry
 CACHE_VERSION = 1
 
 
+class CacheError(ValueError):
+    """The frame cache cannot be written (a read-only dataset folder, a full disk)."""
+
+
 @dataclass
 class CachedFrames:
     """frames [n, h, w, 3] uint8 RGB (memory-mapped); frame_ids [n] video frame numbers;
@@ -77,7 +81,11 @@ class FrameCache:
         folder = self.dir / entry.video_id
         data, meta = folder / f"{key}.npy", folder / f"{key}.json"
         if not (data.is_file() and meta.is_file()):
-            self._fill(entry, frames, data, meta)
+            try:
+                self._fill(entry, frames, data, meta)
+            except OSError as exc:
+                raise CacheError(f"{folder}: cannot write the frame cache of video {entry.video_id} ({exc}); "
+                                 f"set data.cache_dir to a writable folder") from None
         info = json.loads(meta.read_text())
         arr = np.load(data, mmap_mode="r")
         return CachedFrames(arr, np.asarray(info["frame_ids"], dtype=np.int64), info["scale"], info["missing"])
