@@ -24,3 +24,21 @@ def test_smoke_search_runs_from_a_fresh_folder(tmp_path):
     assert any(float(row["optim.lr"]) == 1e-4 and float(row["optim.gradient_clip_norm"]) == 10.0 for row in rows)
     assert "best trial" in r.stdout and (exp / "best_config.yaml").is_file()
     assert "| Trial name" in r.stdout  # the live table
+
+
+def test_hazard_space_shows_health_stops_end_to_end(tmp_path):
+    """search_spaces/hazard.yaml as shipped (4 of its 8 trials): real training explodes or
+    exceeds the memory budget, and each such trial is stopped, reported and told infeasible."""
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "hazard", "--num-samples", "4"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "results" / "hazard"
+    with open(exp / "leaderboard.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    health = {"nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "cpe_zero", "memory_budget",
+              "memory_leak", "oom"}
+    stopped = [row for row in rows if row["stop_reason"] in health]
+    assert len(rows) == 4 and len(stopped) >= 2, rows
+    report = (exp / "health_report.md").read_text()
+    for row in stopped:
+        assert f"## {row['trial_id']}: {row['stop_reason']}" in report
