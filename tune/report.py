@@ -283,7 +283,7 @@ def health_md(report: Report) -> str:
 
 def write_best_config(report: Report) -> Path:
     spec, best = report.spec, report.best
-    final_dir = report.exp / "final"
+    final_dir = report.exp / "final_train"  # python -m refdet.train writes here; tune/final.py uses final/
     cfg = spec.trial_config(best.params).with_overrides(
         {"epochs": spec.final_epochs, "output_dir": str(final_dir), "device": "auto", "num_threads": 0})
     path = report.exp / "best_config.yaml"
