@@ -17,7 +17,7 @@ from torch import nn
 from refdet.config import LossConfig
 from refdet.losses.assigner import TaskAlignedAssigner
 from refdet.losses.cpe import CPELoss
-from refdet.ops.boxes import bbox2dist, ciou, decode_boxes, dfl_expectation, dist2bbox
+from refdet.ops.boxes import bbox2dist, ciou, dfl_expectation, dist2bbox
 
 TERMS = ("bbox", "cls", "dfl", "cpe")
 
@@ -98,4 +98,4 @@ def build_criterion(cfg: LossConfig, model: nn.Module, stage: int) -> RefDetLoss
     return RefDetLoss(cfg, model.cfg.reg_max, model.cpe_embed, use_cpe=stage == 2)
 
 
-__all__ = ["LossOutput", "RefDetLoss", "TERMS", "build_criterion", "decode_boxes"]
+__all__ = ["LossOutput", "RefDetLoss", "TERMS", "build_criterion"]

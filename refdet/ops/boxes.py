@@ -67,12 +67,3 @@ def postprocess(
         keep = batched_nms(bx, sc, lb, iou_threshold)[:max_det]
         results.append({"boxes": bx[keep], "scores": sc[keep], "labels": lb[keep]})
     return results
-
-
-def letterbox_params(w: int, h: int, size: int) -> tuple[float, int, int]:
-    """Scale and (left, top) padding that fit a w x h image into a size x size square."""
-    scale = min(size / w, size / h)
-    nw, nh = round(w * scale), round(h * scale)
-    return scale, (size - nw) // 2, (size - nh) // 2
-
-
