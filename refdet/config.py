@@ -357,5 +357,4 @@ __all__ = [
     "atomic_write_text",
     "field_type",
     "load_yaml_mapping",
-    "replace",
 ]

@@ -33,9 +33,6 @@ if __package__ in (None, ""):
 from refdet.config import atomic_write_text  # noqa: E402
 from tune.space import SearchSpec, SpaceError, load_space  # noqa: E402
 
-REASONS = ("completed", "asha", "oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "cpe_zero",
-           "memory_budget", "memory_leak", "error", "running")
-
 
 class ReportError(ValueError):
     pass
