@@ -136,6 +136,11 @@ class EpisodeSampler:
         self.with_pos = [i for i, v in enumerate(videos) if len(v.pos)]
         if not self.with_pos:
             raise ValueError("no video has an annotated frame to train on")
+        # Constant per dataset: built once, not per episode or per negative query.
+        self.by_obj: dict[int, list[int]] = {}
+        for i in self.with_pos:
+            self.by_obj.setdefault(videos[i].object_id, []).append(i)
+        self.others = {v.object_id: [o for o in videos if o.object_id != v.object_id] for v in videos}
 
     # -- pieces --------------------------------------------------------------------------
     def query(self, video: PreparedVideo, idx: int, target: bool, rng: np.random.Generator | None):
@@ -197,17 +202,14 @@ class EpisodeSampler:
 
     def _choose_ways(self, rng: np.random.Generator) -> list[int]:
         """n_way videos of distinct objects where possible (every one with a positive frame)."""
-        by_obj: dict[int, list[int]] = {}
-        for i in self.with_pos:
-            by_obj.setdefault(self.videos[i].object_id, []).append(i)
-        objs = list(by_obj)
+        objs = list(self.by_obj)
         n = self.cfg.n_way
         chosen = rng.choice(len(objs), size=n, replace=n > len(objs))
-        return [int(rng.choice(by_obj[objs[c]])) for c in chosen]
+        return [int(rng.choice(self.by_obj[objs[c]])) for c in chosen]
 
     def _negative(self, video: PreparedVideo, rng: np.random.Generator) -> tuple[PreparedVideo, int, bool]:
         """(source video, cached frame, keep target?) for a query without this object."""
-        others = [v for v in self.videos if v.object_id != video.object_id]
+        others = self.others[video.object_id]
         if len(video.neg) and (not others or rng.random() < 0.5):
             return video, int(rng.choice(video.neg)), False
         if others:
