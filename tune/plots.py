@@ -47,7 +47,7 @@ def history_plot(report, path: Path) -> Path:
     best, best_so_far, xs = None, [], []
     sign = 1 if spec.mode == "max" else -1
     for i, r in enumerate(report.rows):
-        value = r.best if r.reason not in ("error",) and r.best is not None and not r.verdict else None
+        value = None if r.reason == "error" or r.verdict else r.best  # health-stopped: not a result
         if value is not None and (best is None or sign * value > sign * best):
             best = value
         xs.append(i)

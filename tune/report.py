@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     exp = Path(args.experiment)
     if not exp.is_dir():
-        print(f"error: {exp}: no such folder", file=sys.stderr)
+        print(f"error: {exp}: {'not a folder' if exp.exists() else 'no such folder'}", file=sys.stderr)
         return 2
     try:
         report = write_report(exp, plots=not args.no_plots)

@@ -207,7 +207,7 @@ def load_dataset(root: str | os.PathLike, min_refs: int = 1) -> AeroEyesDataset:
     ann = root / "annotations" / "annotations.json"
     samples = root / "samples"
     if not root.is_dir():
-        raise DatasetError(root, [f"{root}: dataset folder not found"])
+        raise DatasetError(root, [f"{root}: {'not a folder' if root.exists() else 'dataset folder not found'}"])
     if not samples.is_dir():
         problems.append(f"{samples}: folder not found")
     try:
