@@ -1,11 +1,13 @@
 import pytest
 import torch
+from torchvision.ops import roi_align
 
 from refdet.config import LossConfig, ModelConfig
 from refdet.losses.assigner import TaskAlignedAssigner
 from refdet.losses.criterion import build_criterion
 from refdet.model import build_model
 from refdet.ops.boxes import bbox2dist, decode_boxes, dist2bbox, postprocess
+from refdet.ops.roi import roi_mean
 
 
 def make_batch(n_img=4, size=128, with_targets=True):
@@ -110,6 +112,33 @@ def test_assigner_batched_equals_per_image():
         assert torch.allclose(one.target_scores[0], full.target_scores[i])
         assert torch.allclose(one.target_boxes[0][one.fg_mask[0]], full.target_boxes[i][full.fg_mask[i]])
     assert full.fg_mask[0].sum() > 0 and full.fg_mask[2].sum() == 0
+
+
+@pytest.mark.parametrize("stride,samples,cells,channels_last", [(8, 1, 4, False), (16, 2, 3, True), (32, 1, 1, True)])
+def test_roi_mean_equals_torchvision_roi_align_mean(stride, samples, cells, channels_last):
+    """Values and gradients, for boxes inside, across and outside the map, tiny and empty sets."""
+    g = torch.Generator().manual_seed(stride)
+    feat = torch.randn(3, 6, 7, 11, dtype=torch.float64, generator=g)
+    if channels_last:
+        feat = feat.contiguous(memory_format=torch.channels_last)
+    feat.requires_grad_(True)
+    size = torch.tensor([11.0, 7.0], dtype=torch.float64) * stride
+    boxes = []
+    for n in (6, 0, 9):
+        xy = torch.rand(n, 2, dtype=torch.float64, generator=g) * size * 1.4 - size * 0.2
+        wh = torch.rand(n, 2, dtype=torch.float64, generator=g) * size * 0.7
+        boxes.append(torch.cat([xy, xy + wh], 1))
+    boxes[2][0] = torch.tensor([-50.0, -50.0, -20.0, -20.0])  # wholly outside: zero
+    boxes[2][1] = torch.tensor([30.0, 20.0, 30.0, 20.0])  # a point
+    ours = roi_mean(feat, boxes, cells, 1.0 / stride, samples)
+    ref = roi_align(feat, boxes, cells, 1.0 / stride, samples, aligned=True).mean((2, 3))
+    assert ours.shape == (15, 6)
+    torch.testing.assert_close(ours, ref)
+    w = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), feat)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), feat)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert ours[6].abs().sum() == 0
 
 
 def test_decode_encode_round_trip():

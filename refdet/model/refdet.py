@@ -5,19 +5,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 
 from refdet.config import ModelConfig
 from refdet.model.backbone import Backbone, PANNeck
 from refdet.model.fusion import ReferenceFusion
 from refdet.model.head import STRIDES, DetectHead
 from refdet.model.reference import ReferenceEncoder
+from refdet.ops.roi import roi_mean
 
 
 class ProposalEmbedder(nn.Module):
-    """ROI-aligns boxes from every fused level, averages each ROI spatially, concatenates the
-    levels and projects to a unit-norm embedding (used by the CPE loss). Prototypes are
-    projected by the same MLP, so proposals and references share one embedding space."""
+    """Averages each box's ROI-aligned feature (``roi_size`` x ``roi_size`` bilinear samples) on
+    every fused level, concatenates the levels and projects to a unit-norm embedding (used by
+    the CPE loss). Prototypes are projected by the same MLP, so proposals and references share
+    one embedding space."""
 
     def __init__(self, channels: tuple[int, ...], embed_dim: int, roi_size: int):
         super().__init__()
@@ -27,11 +28,7 @@ class ProposalEmbedder(nn.Module):
 
     def pool(self, feats: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
         """feats: fused P3/P4/P5; boxes: per image [n_i, 4] xyxy px -> [sum n_i, sum C_l]."""
-        pooled = [
-            roi_align(f, boxes, self.roi_size, spatial_scale=1.0 / s, sampling_ratio=1, aligned=True).mean((2, 3))
-            for f, s in zip(feats, STRIDES)
-        ]
-        return torch.cat(pooled, 1)
+        return torch.cat([roi_mean(f, boxes, self.roi_size, 1.0 / s) for f, s in zip(feats, STRIDES)], 1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(pooled), dim=1)
