@@ -128,21 +128,24 @@ def test_memory_budget_fires_from_real_training(tiny_cfg):
 
 @pytest.mark.slow
 def test_tiny_model_learns_on_synthetic_data(learn_dataset):
-    """~40 s: 200 steps lift validation (held-out scenes) clearly above an untrained model."""
+    """200 steps lift validation (held-out scenes) clearly above an untrained model.
+
+    Measured here with seeds 0-2: ST-IoU of the last two epochs 0.057-0.086 (untrained 0.0).
+    Single epochs of so short a run jump by +-0.05, hence the mean of the last two."""
     from conftest import tiny_train_config
 
     cfg = tiny_train_config(learn_dataset, None, **{
         "model.width_multiple": 0.25, "data.n_way": 2, "data.n_query": 4, "batch_size": 8, "data.img_size": 128,
         "steps_per_epoch": 40, "epochs": 5, "conf_threshold": 0.1, "data.val_frame_stride": 2,
-        "data.val_fraction": 0.25})
+        "data.val_fraction": 0.25, "optim.lr": 1e-3, "optim.warmup_epochs": 1})
     trainer = Trainer(cfg)
     untrained = trainer.evaluate()
     results = list(trainer.fit())
     assert all(r.verdict is None for r in results)  # healthy training fires no rule
     curve = [r.metrics["val/st_iou"] for r in results]
     assert untrained["val/st_iou"] < 0.01 and untrained["val/ap50"] < 0.01
-    assert curve[-1] >= untrained["val/st_iou"] + 0.03, curve  # measured: 0.07 after 200 steps
-    assert results[-1].metrics["val/ap50"] > untrained["val/ap50"]
+    assert (curve[-1] + curve[-2]) / 2 >= untrained["val/st_iou"] + 0.03, curve
+    assert max(r.metrics["val/ap50"] for r in results[-2:]) > untrained["val/ap50"]
 
 
 def test_out_of_memory_is_caught_freed_and_fatal(tiny_cfg, monkeypatch):
