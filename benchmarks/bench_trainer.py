@@ -2,6 +2,11 @@
 
     python benchmarks/bench_trainer.py [--sizes 160 320 640] [--epochs 10] [--out benchmarks/out/bench_trainer.json]
 
+Where ultralytics is importable (not a dependency: `pip install ultralytics` in a separate
+environment that sees this one's packages), the same table has the reference YOLOv8n step
+measured in the same run, on the same CPU and threads: images/s targets only mean something
+measured on the machine at hand.
+
 Prints a table and writes JSON. Measured, never asserted (tests do not time things).
 """
 
@@ -57,6 +62,33 @@ def step_costs(root: Path, size: int, n: int) -> dict:
             "images_per_s": 8 / trainer_s}
 
 
+def reference_step(size: int, n: int) -> dict | None:
+    """The YOLOv8n step of the popular detection library (ultralytics, if installed: it is not a
+    dependency) on the same CPU, threads and batch: forward + its detection loss + backward +
+    AdamW, channels-last like ours. Its own trainer cannot run faster than this step."""
+    try:
+        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.utils import DEFAULT_CFG
+    except ImportError:
+        return None
+    model = DetectionModel("yolov8n.yaml", nc=1, verbose=False).train().to(memory_format=torch.channels_last)
+    model.args = DEFAULT_CFG
+    crit = model.init_criterion()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.rand(8, 3, size, size).contiguous(memory_format=torch.channels_last)
+    batch = {"img": x, "batch_idx": torch.arange(8.0), "cls": torch.zeros(8, 1),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.2]]).repeat(8, 1)}
+
+    def step():
+        loss, _ = crit(model(x), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+
+    s = min(timed(step, n) for _ in range(3))
+    return {"step_s": s, "images_per_s": 8 / s}
+
+
 def data_wait_and_rss(root: Path, epochs: int, steps: int) -> dict:
     cfg = preset(root, 160, epochs=epochs, steps_per_epoch=steps)
     tr = Trainer(cfg)
@@ -83,6 +115,8 @@ def main() -> int:
     ap.add_argument("--epoch-steps", type=int, default=20)
     ap.add_argument("--data", default="datasets/synthetic", help="the smoke dataset (generated if missing)")
     ap.add_argument("--out", default="benchmarks/out/bench_trainer.json")
+    ap.add_argument("--no-reference", dest="reference", action="store_false",
+                    help="skip the reference YOLOv8n step (measured only where ultralytics is installed)")
     args = ap.parse_args()
     from refdet.data.synthetic import ensure_dataset
 
@@ -91,10 +125,17 @@ def main() -> int:
     print(f"threads {torch.get_num_threads()} of {os.cpu_count()} CPUs; torch {torch.__version__}")
     rows = []
     for size in args.sizes:
-        row = step_costs(root, size, args.steps if size < 640 else max(2, args.steps // 2))
+        n = args.steps if size < 640 else max(2, args.steps // 2)
+        row = step_costs(root, size, n)
+        ref = reference_step(size, n) if args.reference else None
+        row["reference"] = ref
         rows.append(row)
-        print(f"{size:4d} px: trainer {row['trainer_step_s'] * 1000:7.0f} ms/step, bare {row['bare_step_s'] * 1000:7.0f} ms, "
-              f"overhead x{row['overhead_ratio']:.3f}, {row['images_per_s']:.1f} query images/s")
+        line = (f"{size:4d} px: trainer {row['trainer_step_s'] * 1000:7.0f} ms/step, bare {row['bare_step_s'] * 1000:7.0f} ms, "
+                f"overhead x{row['overhead_ratio']:.3f}, {row['images_per_s']:.1f} query images/s")
+        if ref:
+            line += (f"; reference YOLOv8n step {ref['step_s'] * 1000:.0f} ms, {ref['images_per_s']:.1f} images/s "
+                     f"(ours {100 * row['images_per_s'] / ref['images_per_s']:.0f} %)")
+        print(line)
     mem = data_wait_and_rss(root, args.epochs, args.epoch_steps)
     print(f"data wait {100 * mem['data_wait_frac']:.2f} % of step time; RSS per epoch (GB): "
           + ", ".join(f"{x:.3f}" for x in mem["rss_gb_per_epoch"]))
