@@ -45,15 +45,13 @@ def roi_mean(feature: torch.Tensor, boxes: list[torch.Tensor], output_size: int,
     if len(boxes) != b:
         raise ValueError(f"{len(boxes)} box lists for {b} images")
     samples = output_size * sampling_ratio
-    out = []
-    for i, bx in enumerate(boxes):
-        if bx.shape[0] == 0:
-            out.append(feature.new_zeros((0, c)))
-            continue
-        xyxy = bx.to(feature.dtype) * spatial_scale - 0.5  # aligned=True: pixel centres
-        ay = _axis_weights(xyxy[:, 1], xyxy[:, 3], h, samples)  # [n, H]
-        ax = _axis_weights(xyxy[:, 0], xyxy[:, 2], w, samples)  # [n, W]
-        weights = (ay[:, :, None] * ax[:, None, :]).flatten(1)  # [n, H*W]
-        # [C, H*W] view of image i; for a channels-last map .T of this is the stored layout.
-        out.append(weights @ feature[i].flatten(1).T)
-    return torch.cat(out)
+    counts = [bx.shape[0] for bx in boxes]
+    if sum(counts) == 0:
+        return feature.new_zeros((0, c))
+    xyxy = torch.cat(boxes).to(feature.dtype) * spatial_scale - 0.5  # aligned=True: pixel centres
+    ay = _axis_weights(xyxy[:, 1], xyxy[:, 3], h, samples)  # [R, H]
+    ax = _axis_weights(xyxy[:, 0], xyxy[:, 2], w, samples)  # [R, W]
+    weights = (ay[:, :, None] * ax[:, None, :]).flatten(1)  # [R, H*W]
+    # Per image: [n_i, H*W] @ [H*W, C]; for a channels-last map the right operand is the
+    # stored layout, no copy.
+    return torch.cat([wi @ feature[i].flatten(1).T for i, wi in enumerate(weights.split(counts)) if counts[i]])
