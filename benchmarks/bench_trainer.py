@@ -66,11 +66,15 @@ def reference_step(size: int, n: int) -> dict | None:
     """The YOLOv8n step of the popular detection library (ultralytics, if installed: it is not a
     dependency) on the same CPU, threads and batch: forward + its detection loss + backward +
     AdamW, channels-last like ours. Its own trainer cannot run faster than this step."""
+    threads = torch.get_num_threads()
     try:
         from ultralytics.nn.tasks import DetectionModel
         from ultralytics.utils import DEFAULT_CFG
     except ImportError:
         return None
+    # Importing it sets OMP_NUM_THREADS=1, and its own trainer calls set_num_threads(cpus - 1):
+    # 1 thread on this 2-core machine. Measure it with the threads ours has.
+    torch.set_num_threads(threads)
     model = DetectionModel("yolov8n.yaml", nc=1, verbose=False).train().to(memory_format=torch.channels_last)
     model.args = DEFAULT_CFG
     crit = model.init_criterion()
@@ -86,7 +90,7 @@ def reference_step(size: int, n: int) -> dict | None:
         opt.step()
 
     s = min(timed(step, n) for _ in range(3))
-    return {"step_s": s, "images_per_s": 8 / s}
+    return {"step_s": s, "images_per_s": 8 / s, "threads": torch.get_num_threads()}
 
 
 def data_wait_and_rss(root: Path, epochs: int, steps: int) -> dict:

@@ -226,6 +226,21 @@ class TrainConfig:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "data.root=x"]`` (CLI ``--set`` values) -> ``{"optim.lr": 0.001, ...}``;
+    values are read as YAML scalars (safely), so numbers and booleans keep their types."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping safely; errors name the file."""
     p = Path(path)

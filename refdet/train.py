@@ -20,9 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from refdet.config import ConfigError, TrainConfig
+from refdet.config import ConfigError, TrainConfig, parse_set
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_HEALTH, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -46,19 +44,6 @@ FLAGS = {
     "device": ("device", str),
     "seed": ("seed", int),
 }
-
-
-def parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:

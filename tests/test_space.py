@@ -101,3 +101,32 @@ def test_dry_run_prints_space_and_first_configs(tmp_path):
     assert "first configurations" in r.stdout
     assert "0: optim.gradient_clip_norm=10, loss.dfl_weight=0.75, optim.warmup_epochs=3, optim.lr=0.0001" in r.stdout
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("item, match", [
+    ("data.bogus=1", "data.bogus: unknown key"),
+    ("steps_per_epoch=abc", "steps_per_epoch: expected int"),
+    ("steps_per_epoch", "expected key=value"),
+    ("optim.lr=0.1", "a searched parameter"),
+    ("epochs=9", "scheduler.max_t"),
+])
+def test_set_overrides_are_checked_before_anything_runs(tmp_path, monkeypatch, capsys, item, match):
+    from tune.run import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", write(tmp_path, GOOD), "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_set_overrides_the_base_in_the_dry_run(tmp_path, monkeypatch, capsys):
+    from tune.run import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", write(tmp_path, GOOD), "--set", "steps_per_epoch=7", "--set", "data.root=elsewhere",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs 3 x 7 steps" in out and str(tmp_path / "elsewhere") in out
+    assert main(["--space", write(tmp_path, GOOD), "--resume", "--set", "steps_per_epoch=7"]) == 2
+    assert "keeps the base it started with" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from refdet.config import atomic_write_text
@@ -84,6 +85,8 @@ def run_search(spec: SearchSpec, args) -> int:
                 raise ExperimentError(f"cannot resume: {exc}") from None
             if spec_saved.params.keys() != spec.params.keys():
                 raise ExperimentError(f"{saved}: the saved search space differs from --space; resume with the same space")
+            # The base the search started with, --set overrides included.
+            spec = replace(spec, base=spec_saved.base)
 
     if spec.base.data.synthetic:
         from refdet.data.synthetic import ensure_dataset

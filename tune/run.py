@@ -50,6 +50,9 @@ def make_parser() -> argparse.ArgumentParser:
                     help="after the search, re-run the K best configs with new seeds (see --seeds)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per config for --confirm-top (default 3)")
     ap.add_argument("--report-every", type=float, default=10.0, help="seconds between console tables (default 10)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the space's base TrainConfig, e.g. --set steps_per_epoch=20 "
+                         "(repeatable; not a searched parameter, not epochs: that is scheduler.max_t)")
     return ap
 
 
@@ -95,7 +98,30 @@ def apply_cli(spec, args):
             changes[field] = v
     if args.confirm_top < 0 or args.seeds < 1:
         raise SpaceError("--confirm-top must be >= 0 and --seeds >= 1")
+    if args.set:
+        changes["base"] = override_base(spec, args.set, args.resume)
     return replace(spec, **changes) if changes else spec
+
+
+def override_base(spec, items: list[str], resume: bool):
+    """The space's base TrainConfig with --set KEY=VALUE applied, checked like the space file."""
+    from refdet.config import ConfigError, parse_set
+
+    if resume:
+        raise SpaceError("--set: a resumed search keeps the base it started with (results/<name>/space.yaml)")
+    try:
+        overrides = parse_set(items)
+    except ConfigError as exc:
+        raise SpaceError(str(exc)) from None
+    for key in overrides:
+        if key in spec.params:
+            raise SpaceError(f"--set {key}: a searched parameter (change its range in {spec.path.name})")
+        if key == "epochs":
+            raise SpaceError("--set epochs: a trial's epochs are the space's scheduler.max_t")
+    try:
+        return spec.base.with_overrides(overrides).resolve_paths()
+    except ConfigError as exc:
+        raise SpaceError(f"--set: {exc}") from None
 
 
 if __name__ == "__main__":
