@@ -129,8 +129,15 @@ def reference_paths(folder: Path) -> list[Path]:
                   key=lambda p: (len(p.stem), p.stem))
 
 
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _finite_numbers(values: list) -> bool:
+    """All ints or floats (not bools, not strings), all finite (an int of hundreds of digits,
+    which JSON allows, counts as not finite: it has no float). On the hot path of indexing,
+    one call per box: type checks, and ``v - v == 0`` is false for inf and NaN."""
+    for v in values:
+        t = type(v)
+        if not ((t is float and v - v == 0) or (t is int and -1e300 < v < 1e300)):
+            return False
+    return True
 
 
 def _parse_entry(item: object, i: int, ann: Path, problems: list[str]) -> tuple[str, list[list[dict]]] | None:
@@ -161,37 +168,42 @@ def _parse_entry(item: object, i: int, ann: Path, problems: list[str]) -> tuple[
 def _collect_boxes(vid: str, intervals: list[list[dict]], info: VideoInfo | None, ann: Path,
                    problems: list[str], summary: DatasetSummary) -> dict[int, tuple[float, ...]]:
     boxes: dict[int, tuple[float, ...]] = {}
+
+    def at(frame: int) -> str:  # formatted only for a problem: this loop sees every box
+        return f"{ann}: video {vid}, frame {frame}"
+
     for j, bboxes in enumerate(intervals):
         for b in bboxes:
             if not isinstance(b, dict):
                 problems.append(f"{ann}: video {vid}: interval {j}: a box is not an object")
                 continue
             f = b.get("frame")
-            vals = [b.get(k) for k in ("x1", "y1", "x2", "y2")]
-            if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+            vals = [b.get("x1"), b.get("y1"), b.get("x2"), b.get("y2")]
+            if type(f) is not int or f < 0:
                 problems.append(f"{ann}: video {vid}: interval {j}: frame {f!r} is not a non-negative integer")
                 continue
-            where = f"{ann}: video {vid}, frame {f}"
-            if not all(_number(v) for v in vals):
-                problems.append(f"{where}: x1/y1/x2/y2 must all be finite numbers (got {vals})")
+            if not _finite_numbers(vals):
+                problems.append(f"{at(f)}: x1/y1/x2/y2 must all be finite numbers (got {vals})")
                 continue
-            x1, y1, x2, y2 = (float(v) for v in vals)
+            x1, y1, x2, y2 = float(vals[0]), float(vals[1]), float(vals[2]), float(vals[3])
             if x2 <= x1 or y2 <= y1:
-                problems.append(f"{where}: box {vals} has x2<=x1 or y2<=y1 (rejected)")
+                problems.append(f"{at(f)}: box {vals} has x2<=x1 or y2<=y1 (rejected)")
                 continue
             if info is not None:
                 if f >= info.num_frames:
-                    problems.append(f"{where}: beyond the video's {info.num_frames} frames")
+                    problems.append(f"{at(f)}: beyond the video's {info.num_frames} frames")
                     continue
                 cx1, cy1 = max(x1, 0.0), max(y1, 0.0)
                 cx2, cy2 = min(x2, float(info.width)), min(y2, float(info.height))
                 if cx2 <= cx1 or cy2 <= cy1:
-                    problems.append(f"{where}: box {vals} lies outside the {info.width}x{info.height} frame (rejected)")
+                    problems.append(f"{at(f)}: box {vals} lies outside the "
+                                    f"{info.width}x{info.height} frame (rejected)")
                     continue
                 if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
                     summary.counts["boxes_clipped"] += 1
                     if summary.counts["boxes_clipped"] <= 5:
-                        summary.warnings.append(f"{where}: box {vals} partly outside the frame, clipped")
+                        summary.warnings.append(f"{at(f)}: box {vals} partly outside the "
+                                                f"frame, clipped")
                 x1, y1, x2, y2 = cx1, cy1, cx2, cy2
             if f in boxes:
                 summary.counts["duplicate_frames"] += 1
