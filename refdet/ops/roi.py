@@ -7,7 +7,7 @@ positions, so that mean is ``sum_yx ay[y] * ax[x] * f[:, y, x]``: two small weig
 per box and one matrix product per image. Same numbers as torchvision's kernel (its
 sampling rules, border handling included; tested against it), but forward and backward are
 matrix products: measured here, torchvision's single-threaded CPU backward took 20 ms for
-96 boxes on a 256-channel map, ~40 % of a smoke training step's loss time.
+96 boxes on one 256-channel map, and CPE went from 30 to 8 ms per 160 px smoke step.
 """
 
 from __future__ import annotations
