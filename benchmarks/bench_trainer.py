@@ -65,7 +65,7 @@ def step_costs(root: Path, size: int, n: int) -> dict:
 def reference_step(size: int, n: int) -> dict | None:
     """The YOLOv8n step of the popular detection library (ultralytics, if installed: it is not a
     dependency) on the same CPU, threads and batch: forward + its detection loss + backward +
-    AdamW, channels-last like ours. Its own trainer cannot run faster than this step."""
+    AdamW, channels-last like ours. Its own trainer adds data loading and augmentation on top."""
     threads = torch.get_num_threads()
     try:
         from ultralytics.nn.tasks import DetectionModel
