@@ -5,6 +5,7 @@
     python tune/run.py --space stage2 --address auto # on a running Ray cluster (ray start --head)
     python tune/run.py --space smoke --resume        # continue an interrupted search
     python tune/run.py --space smoke --dry-run       # print the resolved space and first configs
+    python tune/run.py --space stage2 --set data.root=/data/train --set data.val_root=/data/val
 
 Results land in results/<name>/ (or <--storage>/<name>): Ray's trial dirs (TensorBoard
 events), space.yaml, optuna.log (Optuna journal), leaderboard.csv, summary.md,
