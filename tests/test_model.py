@@ -141,6 +141,14 @@ def test_roi_mean_equals_torchvision_roi_align_mean(stride, samples, cells, chan
     assert ours[6].abs().sum() == 0
 
 
+def test_roi_mean_gives_non_finite_boxes_weight_zero():
+    feat = torch.randn(1, 4, 5, 5)
+    nan, inf = float("nan"), float("inf")
+    boxes = [torch.tensor([[nan, 0.0, 10.0, 10.0], [0.0, -inf, 10.0, inf], [0.0, 0.0, 16.0, 16.0]])]
+    out = roi_mean(feat, boxes, 4, 1 / 8)
+    assert out[:2].abs().sum() == 0 and torch.isfinite(out).all() and out[2].abs().sum() > 0
+
+
 def test_decode_encode_round_trip():
     anchors = torch.tensor([[4.5, 4.5], [10.5, 3.5]])
     boxes = torch.tensor([[1.0, 2.0, 9.0, 8.0], [7.0, 0.5, 14.0, 6.0]])

@@ -69,8 +69,8 @@ class CPELoss(nn.Module):
         k = min(cfg.cpe_num_proposals, pred_scores.shape[1])
         top = pred_scores.topk(k, dim=1).indices  # [B, k]
         preds = pred_boxes.gather(1, top[..., None].expand(-1, -1, 4))
-        # Diverged weights give NaN/inf/huge boxes, on which torchvision's roi_align crashes
-        # the process: keep every proposal finite and inside the image.
+        # Diverged weights give NaN/inf/huge boxes: keep every proposal finite and inside the
+        # image, so its IoU label and pooled feature mean something.
         preds = clip_to_image(torch.nan_to_num(preds, nan=0.0, posinf=0.0, neginf=0.0), (h, w))
         boxes, labels = [], []
         img_labels = object_ids[ref_index]  # [B]

@@ -18,12 +18,14 @@ import torch
 def _axis_weights(start: torch.Tensor, end: torch.Tensor, size: int, samples: int) -> torch.Tensor:
     """Per box, the mean bilinear weight over `samples` evenly spaced positions in [start, end)
     on an axis of `size` cells: [R] -> [R, size]. torchvision's rules: a position below -1 or
-    above `size` contributes nothing; others clamp to the first/last cell."""
+    above `size` contributes nothing; others clamp to the first/last cell. A non-finite
+    position (a box from diverged weights) contributes nothing either."""
     r = start.shape[0]
     frac = (torch.arange(samples, device=start.device, dtype=start.dtype) + 0.5) / samples
     pos = start[:, None] + (end - start)[:, None] * frac  # [R, samples]
-    valid = ((pos >= -1.0) & (pos <= size)).to(pos.dtype)
-    pos = pos.clamp(min=0.0)
+    inside = (pos >= -1.0) & (pos <= size)  # False for NaN and +-inf
+    valid = inside.to(pos.dtype)
+    pos = torch.where(inside, pos, torch.zeros_like(pos)).clamp(min=0.0)  # finite indices only
     low = pos.floor().clamp(max=size - 1)
     at_end = low >= size - 1
     high = torch.where(at_end, low, low + 1)
