@@ -69,6 +69,9 @@ class DataConfig:
     synthetic_frames: int = 120
     synthetic_size: str = "320x180"
     synthetic_object_scale: float = 0.3  # object size as a fraction of the frame height
+    # Stage 1 only: false trains a plain class-agnostic detector on frames drawn from every
+    # training video (no references, no fusion), batch_size frames per step.
+    episodic: bool = True
     img_size: int = 640  # query letterbox size (px, square)
     ref_size: int = 128  # reference letterbox size (px, square)
     k_shot: int = 3
@@ -210,6 +213,8 @@ class TrainConfig:
             (self.loss.cpe_temperature > 0, "loss.cpe_temperature", "must be > 0"),
             (self.health.patience >= 1, "health.patience", "must be >= 1"),
             (self.data.split in ("group", "video"), "data.split", "must be group or video"),
+            (self.data.episodic or self.stage == 1, "data.episodic",
+             "false is for stage 1 only (stage 2 learns from references and CPE, on episodes)"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "must be auto, cpu, cuda or cuda:N"),
         ]

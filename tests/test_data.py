@@ -9,7 +9,7 @@ import pytest
 from refdet.config import DataConfig
 from refdet.data import check
 from refdet.data.aeroeyes import DatasetError, load_dataset, split_by_group
-from refdet.data.episodes import EpisodeSampler, object_identities, prepare_videos
+from refdet.data.episodes import EpisodeSampler, FrameSampler, object_identities, prepare_videos
 from refdet.data.frames import FrameCache
 from refdet.data.synthetic import main as synthetic_main
 
@@ -186,6 +186,28 @@ def test_episode_batch_shapes_and_determinism(tiny_dataset):
     # validation: every cached frame in order, no augmentation
     vb = next(sampler.val_batches(val[0], 16))
     assert vb["frame_ids"].tolist() == list(range(16))
+
+
+def test_frame_sampler_walks_every_annotated_frame_without_references(tiny_dataset):
+    """Non-episodic stage 1: batch_size frames from all videos, each with its own object as the
+    target; an epoch's annotated frames come without repeats, in a per-epoch order."""
+    episodic, _, cfg, _, _ = sampler_for(tiny_dataset, augment=False)  # augmentation may crop a box away
+    sampler = FrameSampler(episodic.videos, cfg, batch_size=6, seed=0)
+    n_pos = len(sampler.pos_pairs)
+    assert n_pos == sum(len(v.pos) for v in sampler.videos) and len(sampler.neg_pairs) > 0
+    for i in range(3):
+        b = sampler.train_batch(epoch=0, index=i)
+        assert b["query"].shape == (6, 3, 128, 128) and b["references"].numel() == 0
+        assert b["ref_index"].numel() == 0 and b["object_ids"].numel() == 0
+        assert b["mask"][:, 0].tolist() == [True] * 3 + [False] * 3  # neg_fraction 0.5
+        assert len({int(s) for s in b["source_ids"]}) >= 2  # frames of several videos in one batch
+    epoch = np.concatenate([sampler.positives(0, i, 3) for i in range(n_pos // 3)])
+    assert len({tuple(p) for p in epoch.tolist()}) == len(epoch)  # no annotated frame twice in an epoch
+    assert not np.array_equal(sampler.positives(0, 0, 3), sampler.positives(1, 0, 3))  # a new order per epoch
+    again = sampler.train_batch(epoch=0, index=2)
+    assert all(np.array_equal(again[k], sampler.train_batch(epoch=0, index=2)[k]) for k in again)
+    lone = FrameSampler(episodic.videos, cfg, batch_size=1, seed=0)
+    assert lone.train_batch(0, 0)["mask"].all()  # a batch keeps at least one annotated frame
 
 
 def test_references_decide_the_target(tiny_dataset):

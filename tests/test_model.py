@@ -52,6 +52,18 @@ def test_forward_contract(tiny_model_cfg):
         assert [p.shape[0] for p in out["prototypes"]] == [2, 2, 2]
 
 
+def test_plain_detector_without_references_and_identity_fusion(tiny_model_cfg):
+    model = build_model(tiny_model_cfg).eval()
+    q, refs, ri, _ = make_batch()
+    plain = model(q, None)  # the non-episodic stage 1: no references, no fusion
+    assert plain["prototypes"] == [] and plain["ref_index"] is None
+    assert plain["cls_logits"].shape == model(q, refs, ri)["cls_logits"].shape
+    assert not torch.allclose(model(q, refs, ri)["cls_logits"], plain["cls_logits"])
+    model.fusion.reset_to_identity()  # a stage-1 detector entering stage 2
+    assert torch.allclose(model(q, refs, ri)["cls_logits"], plain["cls_logits"])
+    assert torch.allclose(model(q, refs, ri)["box_logits"], plain["box_logits"])
+
+
 def test_references_matter_and_get_gradients(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg)  # train mode: BN uses batch statistics
@@ -65,6 +77,47 @@ def test_references_matter_and_get_gradients(tiny_model_cfg):
     (out["cls_logits"].sum() + out["box_logits"].sum()).backward()
     assert refs.grad is not None and refs.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.fusion.parameters())
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("shape", [(64, 20), (256, 5)])
+def test_fusion_equals_the_concatenated_mix(channels_last, shape):
+    """LevelFusion computes q + mix(cat([modulated, corr, cosine], 1)) without the concatenation:
+    the same values and gradients as the plain definition, in train and eval mode."""
+    import torch.nn.functional as F
+
+    from refdet.model.fusion import LevelFusion
+
+    c, hw = shape
+    torch.manual_seed(0)
+    level = LevelFusion(c)
+    for t in (level.film.weight, level.film.bias, level.mix.bn.weight, level.mix.bn.bias):
+        torch.nn.init.normal_(t, std=0.3)
+
+    def definition(q, p):
+        gamma, beta = level.film(p).chunk(2, dim=1)
+        modulated = q * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        corr = q * p[:, :, None, None]
+        sim = F.cosine_similarity(q, p[:, :, None, None], dim=1, eps=1e-6).unsqueeze(1)
+        return q + level.mix(torch.cat([modulated, corr, sim], 1))
+
+    q = torch.randn(3, c, hw, hw)
+    q = q.contiguous(memory_format=torch.channels_last) if channels_last else q
+    p = torch.randn(3, c)
+    p[1] = 0  # a degenerate prototype: cosine 0, no NaN
+    g = torch.randn(3, c, hw, hw)
+    for mode in (level.train, level.eval):
+        mode()
+        results = []
+        for fn in (definition, level):
+            qq, pp = q.clone().requires_grad_(), p.clone().requires_grad_()
+            out = fn(qq, pp)
+            grads = torch.autograd.grad((out * g).sum(), [qq, pp, *level.parameters()])
+            results.append((out, grads))
+        (want, want_g), (got, got_g) = results
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+        for a, b in zip(want_g, got_g):
+            assert torch.isfinite(b).all() and (b - a).abs().max() <= 1e-5 * a.abs().max() + 1e-6
 
 
 def test_every_parameter_gets_finite_gradient(tiny_model_cfg):

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from refdet.config import ConfigError
 from refdet.engine.checkpoint import CheckpointError, load_checkpoint
 from refdet.engine.health import STOP_REASONS
 from refdet.engine.trainer import Trainer, lr_lambda
@@ -73,6 +74,28 @@ def test_stage1_has_no_cpe_and_loads_into_stage2(tiny_cfg, tmp_path):
     for (k, a), b in zip(t1.model.state_dict().items(), t2.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert t2.step == 0  # weights only; a fresh optimizer
+
+
+def test_non_episodic_stage1_trains_the_plain_detector(tiny_cfg, tmp_path):
+    t1 = Trainer(tiny_cfg(stage=1, epochs=1, batch_size=3, **{"data.episodic": False}))
+    assert t1.sampler.train_batch(0, 0)["query"].shape[0] == 3  # batch_size frames, not whole episodes
+    r = next(t1.fit())
+    assert r.verdict is None and r.validated and math.isfinite(r.metrics["train/loss"])
+    assert r.metrics["train/loss_cpe"] == 0.0
+    # No references anywhere: the fusion and the CPE embedder never saw a gradient.
+    assert all(p.grad is None for m in (t1.model.fusion, t1.model.cpe_embed) for p in m.parameters())
+    assert t1.model.backbone.stem[0].conv.weight.grad is not None
+    t1.save(tmp_path / "stage1.pt")
+    # Stage 2 starts from it and, its fusion being the identity at first, predicts what stage 1 did.
+    t2 = Trainer(tiny_cfg(stage=2, checkpoint=str(tmp_path / "stage1.pt")))
+    batch = t2.sampler.train_batch(0, 0)
+    q, refs, ri, _ = t2.to_device(batch)
+    t1.model.eval(), t2.model.eval()
+    with torch.no_grad():
+        plain, conditioned = t1.model(q, None), t2.model(q, refs, ri)
+    assert torch.allclose(plain["cls_logits"], conditioned["cls_logits"], atol=1e-5)
+    with pytest.raises(ConfigError, match="data.episodic"):
+        tiny_cfg(stage=2, **{"data.episodic": False})
 
 
 def test_resume_equals_straight_through(tiny_cfg, tmp_path):

@@ -8,7 +8,8 @@ of the same video without the object, half are frames of *another* object's vide
 object is in view). The object's identity is its group (`<cat>` of `<cat>_<k>`).
 
 Batches are a pure function of (seed, epoch, index): resuming training replays them exactly,
-and workers need no shared state.
+and workers need no shared state. `FrameSampler` (below) makes the non-episodic stage-1
+batches: frames of every video, no references.
 
 Batch layout (uint8 images; the trainer converts to float on its device):
   query       [B, 3, S, S] uint8 RGB, S = img_size, letterboxed (grey 114 padding)
@@ -239,13 +240,56 @@ class EpisodeSampler:
                 mask[i, 0] = True
         return {
             "query": to_chw(queries),
-            "references": torch.stack([to_chw(r) for r in refsets]),
+            "references": torch.stack([to_chw(r) for r in refsets]) if refsets else torch.empty(0, dtype=torch.uint8),
             "ref_index": torch.tensor(ref_index, dtype=torch.long),
             "boxes": box_t,
             "mask": mask,
             "object_ids": torch.tensor(object_ids, dtype=torch.long),
             "frame_ids": torch.tensor(frame_ids, dtype=torch.long),
         }
+
+
+class FrameSampler(EpisodeSampler):
+    """Non-episodic stage-1 batches (`data.episodic: false`): `batch_size` frames drawn from
+    every training video, each with its own video's object as the target -- a class-agnostic
+    detector, trained without references. Annotated frames are drawn without replacement
+    through a permutation seeded by (seed, epoch), so an epoch walks the annotated frames
+    before repeating any; round(batch_size * neg_fraction) of each batch (at most all but one)
+    are the videos' object-free frames, drawn at random. Validation batches are the episodic
+    sampler's (the trainer leaves their references unused). Batches are still a pure function
+    of (seed, epoch, index); `references` is empty, `ref_index` and `object_ids` have length 0."""
+
+    def __init__(self, videos: list[PreparedVideo], cfg: DataConfig, batch_size: int, seed: int):
+        super().__init__(videos, cfg, 1, seed)
+        self.batch_size = batch_size
+        self.pos_pairs = self._pairs(videos, "pos")
+        self.neg_pairs = self._pairs(videos, "neg")
+        self._order: tuple[int, np.ndarray] | None = None
+
+    @staticmethod
+    def _pairs(videos: list[PreparedVideo], kind: str) -> np.ndarray:
+        """[n, 2] (video index, cached frame index) of every positive or negative frame."""
+        parts = [np.stack([np.full(len(getattr(v, kind)), i), getattr(v, kind)], 1) for i, v in enumerate(videos)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 2), np.int64)
+
+    def positives(self, epoch: int, index: int, n: int) -> np.ndarray:
+        """[n, 2] (video, cached frame) of batch `index`'s annotated frames: the next n of the
+        epoch's permutation (wrapping around once the epoch has used them all)."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.pos_pairs)))
+        order = self._order[1]
+        return self.pos_pairs[order[(index * n + np.arange(n)) % len(order)]]
+
+    def train_batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        rng = np.random.default_rng([self.seed, epoch, index])
+        n_neg = min(round(self.batch_size * cfg.neg_fraction), self.batch_size - 1) if len(self.neg_pairs) else 0
+        n_pos = self.batch_size - n_neg
+        picks = [*self.positives(epoch, index, n_pos), *self.neg_pairs[rng.integers(len(self.neg_pairs), size=n_neg)]]
+        items = [self.query(self.videos[vi], int(i), True, rng if cfg.augment else None) for vi, i in picks]
+        batch = self._collate([q for q, _ in items], [b for _, b in items], [], [], [], [-1] * len(items))
+        batch["source_ids"] = torch.tensor([self.videos[vi].object_id for vi, _ in picks], dtype=torch.long)
+        return batch
 
 
 class EpisodeDataset(torch.utils.data.Dataset):
@@ -265,4 +309,4 @@ def object_identities(entries: list[VideoEntry]) -> dict[str, int]:
     return {g: i for i, g in enumerate(sorted({e.group for e in entries}))}
 
 
-__all__ = ["EpisodeDataset", "EpisodeSampler", "PreparedVideo", "object_identities", "prepare_videos"]
+__all__ = ["EpisodeDataset", "EpisodeSampler", "FrameSampler", "PreparedVideo", "object_identities", "prepare_videos"]

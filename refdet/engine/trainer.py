@@ -25,7 +25,13 @@ import torch
 
 from refdet.config import TrainConfig
 from refdet.data.aeroeyes import load_dataset, split_by_group
-from refdet.data.episodes import EpisodeDataset, EpisodeSampler, object_identities, prepare_videos
+from refdet.data.episodes import (
+    EpisodeDataset,
+    EpisodeSampler,
+    FrameSampler,
+    object_identities,
+    prepare_videos,
+)
 from refdet.data.frames import FrameCache
 from refdet.engine.checkpoint import load_checkpoint, save_checkpoint
 from refdet.engine.health import HealthMonitor, StepStats, Verdict
@@ -171,7 +177,10 @@ class Trainer:
         cache = FrameCache(d.cache_dir or Path(d.root) / ".frame_cache", d.img_size)
         self.train_videos = prepare_videos(train_entries, d, cache, "train", ids)
         self.val_videos = prepare_videos(val_entries, d, cache, "val", ids)
-        self.sampler = EpisodeSampler(self.train_videos, d, cfg.episodes_per_batch, cfg.seed)
+        if d.episodic:
+            self.sampler = EpisodeSampler(self.train_videos, d, cfg.episodes_per_batch, cfg.seed)
+        else:
+            self.sampler = FrameSampler(self.train_videos, d, cfg.batch_size, cfg.seed)
         if not self.val_videos:
             raise ValueError(f"{d.val_root or d.root}: no validation videos (set data.val_root, or a dataset "
                              f"with at least two {'objects' if d.split == 'group' else 'videos'} to split)")
@@ -189,12 +198,14 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused)
 
     # -- one step --------------------------------------------------------------------------
-    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict]:
         dev = self.device
         nb = dev.type == "cuda"
         query = batch["query"].to(dev, non_blocking=nb).float().div_(255).contiguous(memory_format=torch.channels_last)
-        refs = batch["references"].to(dev, non_blocking=nb).float().div_(255)
         targets = {k: batch[k].to(dev, non_blocking=nb) for k in ("boxes", "mask", "object_ids")}
+        if not self.cfg.data.episodic:  # the plain detector: references are not used, even in validation
+            return query, None, None, targets
+        refs = batch["references"].to(dev, non_blocking=nb).float().div_(255)
         return query, refs, batch["ref_index"].to(dev, non_blocking=nb), targets
 
     def train_step(self, batch: dict, data_time: float = 0.0) -> StepStats:
@@ -394,6 +405,12 @@ class Trainer:
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         if unexpected or missing:
             self.log.line(f"loaded {path}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+        saved = state.get("config")
+        data = saved.get("data") if isinstance(saved, dict) else None
+        if isinstance(data, dict) and data.get("episodic") is False and self.cfg.data.episodic:
+            self.model.fusion.reset_to_identity()  # its weights were never trained
+            self.log.line(f"loaded {path}: trained without references (non-episodic stage 1); "
+                          "the reference fusion starts as the identity")
 
     def close(self) -> None:
         """Close the logs and free what this trainer held (a reused Ray actor runs the next trial)."""

@@ -57,12 +57,13 @@ class RefDet(nn.Module):
     def forward(
         self,
         query: torch.Tensor,
-        references: torch.Tensor,
+        references: torch.Tensor | None,
         ref_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """
         query       [B, 3, H, W] in 0-1, H and W multiples of 32
-        references  [N, K, 3, r, r] in 0-1: N reference sets of K photos each
+        references  [N, K, 3, r, r] in 0-1: N reference sets of K photos each; None runs the
+                    plain detector (no conditioning; the non-episodic stage 1)
         ref_index   [B] long, which reference set conditions each query (default arange(B), N == B)
 
         Returns (same keys in train and eval), A = H*W/8^2 + H*W/16^2 + H*W/32^2:
@@ -71,9 +72,12 @@ class RefDet(nn.Module):
           anchors         [A, 2]  anchor centres, px
           strides         [A, 1]  px per grid cell
           fused_features  list of 3 [B, C_l, H/s, W/s], P3/P4/P5 conditioned on the references
-          prototypes      list of 3 [N, C_l], per-scale reference prototypes
-          ref_index       [B]
+          prototypes      list of 3 [N, C_l], per-scale reference prototypes ([] without references)
+          ref_index       [B] (None without references)
         """
+        if references is None:
+            fused = self.neck(self.backbone(query))
+            return self._outputs(fused, [], None)
         if ref_index is None:
             if references.shape[0] != query.shape[0]:
                 raise ValueError("ref_index is required when references and queries differ in number")
@@ -81,6 +85,10 @@ class RefDet(nn.Module):
         prototypes = self.encode_references(references)
         feats = self.neck(self.backbone(query))
         fused = self.fusion(feats, prototypes, ref_index)
+        return self._outputs(fused, prototypes, ref_index)
+
+    def _outputs(self, fused: list[torch.Tensor], prototypes: list[torch.Tensor],
+                 ref_index: torch.Tensor | None) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         box_logits, cls_logits = self.head(fused)
         anchors, strides = self.anchors(fused)
         return {
