@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,9 +42,9 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def step_costs(root: Path, size: int, n: int) -> dict:
-    """Seconds per step: the trainer's train_step vs the bare forward+loss+backward+AdamW step."""
-    tr = Trainer(preset(root, size))
+def step_fns(root: Path, size: int, **over) -> dict:
+    """The trainer's train_step and the bare forward + loss + backward + AdamW step on one batch."""
+    tr = Trainer(preset(root, size, **over))
     batch = tr.sampler.train_batch(0, 0)
     q, r, ri, tg = tr.to_device(batch)
     model, crit, opt = tr.model, tr.criterion, tr.optimizer
@@ -55,14 +56,10 @@ def step_costs(root: Path, size: int, n: int) -> dict:
         loss.total.backward()
         opt.step()
 
-    # Interleave to share the machine's state fairly; best of 3 rounds each.
-    trainer_s = min(timed(lambda: tr.train_step(batch), n) for _ in range(3))
-    bare_s = min(timed(bare, n) for _ in range(3))
-    return {"size": size, "trainer_step_s": trainer_s, "bare_step_s": bare_s, "overhead_ratio": trainer_s / bare_s,
-            "images_per_s": 8 / trainer_s}
+    return {"trainer": lambda: tr.train_step(batch), "bare": bare}
 
 
-def reference_step(size: int, n: int) -> dict | None:
+def reference_fn(size: int):
     """The YOLOv8n step of the popular detection library (ultralytics, if installed: it is not a
     dependency) on the same CPU, threads and batch: forward + its detection loss + backward +
     AdamW, channels-last like ours. Its own trainer adds data loading and augmentation on top."""
@@ -89,8 +86,34 @@ def reference_step(size: int, n: int) -> dict | None:
         loss.sum().backward()
         opt.step()
 
-    s = min(timed(step, n) for _ in range(3))
-    return {"step_s": s, "images_per_s": 8 / s, "threads": torch.get_num_threads()}
+    return step
+
+
+def step_costs(root: Path, size: int, n: int, rounds: int, reference: bool) -> dict:
+    """Seconds per step of the episodic stage-2 trainer, the plain stage-1 trainer (non-episodic:
+    no references, fusion or CPE), their bare steps and the reference step. The machine's speed
+    drifts (measured: 1.6x within an hour, and single rounds 15 % fast), so they are timed in
+    alternation, round after round, and each keeps its median round."""
+    fns = {f"{kind}_{part}": fn
+           for kind, over in (("episodic", {}), ("plain", {"stage": 1, "data.episodic": False}))
+           for part, fn in step_fns(root, size, **over).items()}
+    ref = reference_fn(size) if reference else None
+    if ref is not None:
+        fns["reference"] = ref
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, n))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    row = {"size": size}
+    for kind in ("episodic", "plain"):
+        t, b = median[f"{kind}_trainer"], median[f"{kind}_bare"]
+        row[kind] = {"trainer_step_s": t, "bare_step_s": b, "overhead_ratio": t / b, "images_per_s": 8 / t}
+        if ref is not None:
+            row[kind]["of_reference"] = median["reference"] / t
+    row["reference"] = {"step_s": median["reference"], "images_per_s": 8 / median["reference"],
+                        "threads": torch.get_num_threads()} if ref is not None else None
+    return row
 
 
 def data_wait_and_rss(root: Path, epochs: int, steps: int) -> dict:
@@ -114,8 +137,9 @@ def data_wait_and_rss(root: Path, epochs: int, steps: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[160, 320, 640])
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per round (half at 640 px, at least 2)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; each step keeps its median")
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of the data-wait/RSS run (0 skips it)")
     ap.add_argument("--epoch-steps", type=int, default=20)
     ap.add_argument("--data", default="datasets/synthetic", help="the smoke dataset (generated if missing)")
     ap.add_argument("--out", default="benchmarks/out/bench_trainer.json")
@@ -130,21 +154,25 @@ def main() -> int:
     rows = []
     for size in args.sizes:
         n = args.steps if size < 640 else max(2, args.steps // 2)
-        row = step_costs(root, size, n)
-        ref = reference_step(size, n) if args.reference else None
-        row["reference"] = ref
+        row = step_costs(root, size, n, args.rounds, args.reference)
         rows.append(row)
-        line = (f"{size:4d} px: trainer {row['trainer_step_s'] * 1000:7.0f} ms/step, bare {row['bare_step_s'] * 1000:7.0f} ms, "
-                f"overhead x{row['overhead_ratio']:.3f}, {row['images_per_s']:.1f} query images/s")
-        if ref:
-            line += (f"; reference YOLOv8n step {ref['step_s'] * 1000:.0f} ms, {ref['images_per_s']:.1f} images/s "
-                     f"(ours {100 * row['images_per_s'] / ref['images_per_s']:.0f} %)")
-        print(line)
-    mem = data_wait_and_rss(root, args.epochs, args.epoch_steps)
-    print(f"data wait {100 * mem['data_wait_frac']:.2f} % of step time; RSS per epoch (GB): "
-          + ", ".join(f"{x:.3f}" for x in mem["rss_gb_per_epoch"]))
-    print(f"RSS growth after epoch 2: {mem['rss_growth_pct_total_after_2']:.2f} % in all, "
-          f"{mem['rss_growth_pct_per_epoch_after_2']:.3f} % per epoch")
+        for kind, name in (("episodic", "episodic stage 2"), ("plain", "plain stage 1")):
+            r = row[kind]
+            line = (f"{size:4d} px {name:16s}: trainer {r['trainer_step_s'] * 1000:6.0f} ms/step, "
+                    f"bare {r['bare_step_s'] * 1000:6.0f} ms, overhead x{r['overhead_ratio']:.3f}, "
+                    f"{r['images_per_s']:5.1f} query images/s")
+            if "of_reference" in r:
+                line += f" = {100 * r['of_reference']:.0f} % of the reference"
+            print(line)
+        if row["reference"]:
+            ref = row["reference"]
+            print(f"{size:4d} px reference YOLOv8n step: {ref['step_s'] * 1000:.0f} ms, {ref['images_per_s']:.1f} images/s")
+    mem = data_wait_and_rss(root, args.epochs, args.epoch_steps) if args.epochs > 0 else None
+    if mem:
+        print(f"data wait {100 * mem['data_wait_frac']:.2f} % of step time; RSS per epoch (GB): "
+              + ", ".join(f"{x:.3f}" for x in mem["rss_gb_per_epoch"]))
+        print(f"RSS growth after epoch 2: {mem['rss_growth_pct_total_after_2']:.2f} % in all, "
+              f"{mem['rss_growth_pct_per_epoch_after_2']:.3f} % per epoch")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"steps": rows, "memory": mem, "threads": torch.get_num_threads(),
