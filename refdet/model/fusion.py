@@ -37,7 +37,7 @@ class LevelFusion(nn.Module):
         pixels, and the cosine map reuses corr (its channel sum is q . p). Same numbers as
         the concatenated form (tests/test_model.py checks values and gradients); measured
         here 2x faster forward + backward at 320-640 px (the concatenation and
-        `F.cosine_similarity` dominated: 430 -> 210 ms per 640 px step of batch 8)."""
+        `F.cosine_similarity` dominated: 429 -> 215 ms per 640 px step of batch 8)."""
         b, c, h, w = q.shape
         gamma, beta = self.film(p).chunk(2, dim=1)
         weight = self.mix.conv.weight.view(c, 2 * c + 1)
@@ -67,8 +67,8 @@ class ReferenceFusion(nn.Module):
         """Make every level return its query features unchanged (mix output 0, as a zero-init
         residual branch), so a detector trained without references (the non-episodic stage 1)
         enters stage 2 predicting exactly what it predicted; training opens the fusion from
-        there. Not the default init: trained from scratch, stage 2 learned more slowly with it
-        (README "Design")."""
+        there. Not the default init: trained from scratch, stage 2 scored lower with it on every
+        seed tried (README "Design")."""
         for level in self.levels:
             level.mix.bn.weight.zero_()
             level.mix.bn.bias.zero_()
