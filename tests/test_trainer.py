@@ -98,8 +98,9 @@ def test_non_episodic_stage1_trains_the_plain_detector(tiny_cfg, tmp_path):
         tiny_cfg(stage=2, **{"data.episodic": False})
 
 
-def test_resume_equals_straight_through(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(epochs=2, steps_per_epoch=3)
+@pytest.mark.parametrize("mode", [{}, {"stage": 1, "data.episodic": False}], ids=["episodic", "plain-stage1"])
+def test_resume_equals_straight_through(tiny_cfg, tmp_path, mode):
+    cfg = tiny_cfg(epochs=2, steps_per_epoch=3, **mode)
     straight = Trainer(cfg)
     list(straight.fit())
     first = Trainer(cfg)
