@@ -100,17 +100,23 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
+    """Thresholds of refdet.engine.health. None reads a searched value: a verdict must not
+    depend on where the searcher put the clip, a loss weight, the lr or the warmup."""
+
     enabled: bool = True
     patience: int = 3  # consecutive steps a rule must hold before it is fatal
-    grad_norm_max: float = 1e4  # pre-clip norm
-    clip_ratio_max: float = 100.0
-    loss_spike_factor: float = 2.0  # total loss vs its running median, after warmup
+    grad_norm_max: float = 1e4  # pre-clip norm, absolute (the checklist: 10-1000 healthy, >10,000 explosion)
+    grad_growth_factor: float = 20.0  # pre-clip norm vs its own running median (healthy runs here: < 3x for 3 steps)
+    loss_spike_factor: float = 2.0  # unweighted loss vs its own running median
     loss_spike_patience: int = 10  # consecutive steps: a small batch's loss is noisy step to step
-    loss_window: int = 50  # steps in the running median
-    dfl_max: float = 5.0
+    history_window: int = 50  # steps in the running medians
+    settle_steps: int = 20  # finite steps before the history and DFL rules apply (the same for every trial)
+    dfl_max: float = 5.0  # unweighted DFL term
+    dead_window: int = 20  # consecutive steps with ground truth but no detection loss: the detector is dead
+    dead_loss_max: float = 1e-3  # box + class + DFL terms below this (learning runs: class term ~1)
     cpe_zero_window: int = 20  # steps; CPE == 0 on all of them is fatal (stage 2)
     mem_budget_gb: float = 50.0  # host RSS
-    cuda_mem_fraction: float = 0.9  # of the device's total memory
+    cuda_mem_fraction: float = 0.9  # of this trial's share of the device (resources.gpu x total)
     mem_growth_pct: float = 20.0  # RSS growth per epoch, checked from epoch 3
     mem_growth_after_epoch: int = 2
 
@@ -129,6 +135,7 @@ class TrainConfig:
     seed: int = 0
     val_interval: int = 1  # validate every N epochs (and always after the last)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device_share: float = 1.0  # share of the CUDA device this run may use (a trial's resources.gpu, at most 1)
     mixed_precision: bool = True  # AMP on CUDA (bf16 where supported); ignored on CPU
     num_threads: int = 0  # torch CPU threads; 0 = every CPU this process may use
     checkpoint: str = ""  # initial weights (e.g. a stage-1 checkpoint)
@@ -212,6 +219,10 @@ class TrainConfig:
             (self.model.depth_multiple > 0, "model.depth_multiple", "must be > 0"),
             (self.loss.cpe_temperature > 0, "loss.cpe_temperature", "must be > 0"),
             (self.health.patience >= 1, "health.patience", "must be >= 1"),
+            (self.health.settle_steps >= 0, "health.settle_steps", "must be >= 0"),
+            (self.health.dead_window >= 1, "health.dead_window", "must be >= 1"),
+            (self.health.history_window >= 1, "health.history_window", "must be >= 1"),
+            (0 < self.device_share <= 1, "device_share", "must be in (0, 1]"),
             (self.data.split in ("group", "video"), "data.split", "must be group or video"),
             (self.data.episodic or self.stage == 1, "data.episodic",
              "false is for stage 1 only (stage 2 learns from references and CPE, on episodes)"),
@@ -345,6 +356,14 @@ def coerce(value: Any, typ: type, key: str) -> Any:
     raise ConfigError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
 
 
+# Keys earlier versions accepted, with what to do instead.
+RETIRED_KEYS = {
+    "health.clip_ratio_max": "removed: the pre/post clip ratio is a function of the searched clip value; "
+                             "health.grad_norm_max and health.grad_growth_factor judge the pre-clip norm itself",
+    "health.loss_window": "renamed health.history_window",
+}
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -353,6 +372,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     unknown = [k for k in data if k not in names]
     if unknown:
         key = f"{prefix}{unknown[0]}"
+        if key in RETIRED_KEYS:
+            raise ConfigError(f"{key}: {RETIRED_KEYS[key]}")
         raise ConfigError(f"{key}: unknown key (known here: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():

@@ -114,7 +114,7 @@ def run(trainer, cfg: TrainConfig, out: Path, progress: bool = True) -> int:
         def on_step(s, bar=bar):
             bar.update(1)
             if s.step % 5 == 0:
-                bar.set_postfix(loss=f"{s.loss:.3f}", dfl=f"{s.loss_dfl:.3f}", cpe=f"{s.loss_cpe:.3f}",
+                bar.set_postfix(loss=f"{s.loss:.3f}", **{k: f"{v:.3f}" for k, v in s.terms.items()},
                                 gnorm=f"{s.grad_norm_pre:.3g}", rss=f"{s.mem_rss_gb:.2f}GB", refresh=False)
 
         result = trainer.run_epoch(on_step)

@@ -1,15 +1,19 @@
 import math
 
+import pytest
+
 from refdet.config import HealthConfig
-from refdet.engine.health import HealthMonitor, StepStats
+from refdet.engine.health import STEP_RULES, STOP_REASONS, HealthMonitor, StepStats, longest_patience
 
 
-def stats(step, **kw):
-    base = dict(step=step, epoch=1, loss=2.0, loss_bbox=0.5, loss_cls=1.0, loss_dfl=1.0, loss_cpe=0.4,
-                cpe_positives=10, num_fg=20, grad_norm_pre=50.0, grad_norm_post=10.0, clipped=True,
+def stats(step, terms=None, **kw):
+    base = dict(step=step, epoch=1, loss=2.0, terms={"bbox": 0.5, "cls": 1.0, "dfl": 1.0, "cpe": 0.4},
+                cpe_positives=10, num_fg=20, num_gt=8, grad_norm_pre=50.0, grad_norm_post=10.0, clipped=True,
                 nonfinite=False, lr=1e-3, mem_rss_gb=1.0, mem_cuda_alloc_gb=0.0, mem_cuda_peak_gb=0.0,
                 step_time=0.1, data_time=0.01)
     base.update(kw)
+    if terms:
+        base["terms"] = base["terms"] | terms
     return StepStats(**base)
 
 
@@ -22,11 +26,17 @@ def run(monitor, seq):
 
 
 def test_healthy_sequence_fires_nothing():
-    m = HealthMonitor(HealthConfig(), warmup_steps=5)
-    assert run(m, [stats(i, loss=3.0 - i * 0.01) for i in range(200)]) is None
+    m = HealthMonitor(HealthConfig())
+    assert run(m, [stats(i, loss=3.0 - i * 0.01) for i in range(1, 200)]) is None
     summary = m.epoch_summary()
     assert summary["health/grad_norm_pre_max"] == 50.0 and summary["health/clip_ratio_max"] == 5.0
     assert summary["health/cpe_zero_frac"] == 0.0
+
+
+def test_every_rule_has_a_stop_reason_and_its_own_streak():
+    assert {r.reason for r in STEP_RULES} <= set(STOP_REASONS) - {"ok"}
+    assert set(HealthMonitor(HealthConfig()).streaks) == {r.name for r in STEP_RULES}
+    assert longest_patience(HealthConfig(dead_window=33)) == 33
 
 
 def test_nonfinite_fires_at_once():
@@ -35,7 +45,7 @@ def test_nonfinite_fires_at_once():
 
 
 def test_grad_norm_needs_patience():
-    cfg = HealthConfig(patience=3)
+    cfg = HealthConfig(patience=3, grad_growth_factor=1e9)
     seq = [stats(1, grad_norm_pre=2e4), stats(2, grad_norm_pre=2e4), stats(3), stats(4, grad_norm_pre=2e4),
            stats(5, grad_norm_pre=2e4), stats(6, grad_norm_pre=2e4)]
     v = run(HealthMonitor(cfg), seq)
@@ -43,40 +53,69 @@ def test_grad_norm_needs_patience():
     assert v.values["grad_norm_pre"] == 2e4
 
 
-def test_clip_ratio():
-    v = run(HealthMonitor(HealthConfig(patience=2, grad_norm_max=1e9)),
-            [stats(i, grad_norm_pre=5000.0, grad_norm_post=10.0) for i in range(1, 5)])
-    assert v.rule == "clip_ratio" and v.values["ratio"] == 500.0 and v.step == 2
+@pytest.mark.parametrize("clip", [0.1, 10.0, 1000.0])
+def test_no_rule_reads_the_clip(clip):
+    """Hard clipping (pre/post ratio in the thousands) on steady norms is healthy; a norm that
+    runs away from its own history is not, whatever the clip."""
+    cfg = HealthConfig(patience=3, grad_norm_max=1e9, settle_steps=20, grad_growth_factor=50.0)
+    steady = [stats(i, grad_norm_pre=140.0, grad_norm_post=min(140.0, clip)) for i in range(1, 60)]
+    assert run(HealthMonitor(cfg), steady) is None
+    rising = steady + [stats(60 + i, grad_norm_pre=140.0 * 100 * (i + 1), grad_norm_post=clip) for i in range(5)]
+    v = run(HealthMonitor(cfg), rising)
+    assert v.rule == "grad_growth" and v.reason == "grad_explosion" and v.step == 62
+    assert v.values["running_median"] == 140.0
 
 
-def test_loss_spike_after_warmup_only():
-    cfg = HealthConfig(patience=5, loss_spike_patience=2, grad_norm_max=1e9, clip_ratio_max=1e9)
-    seq = [stats(i, loss=1.0) for i in range(1, 21)] + [stats(21, loss=5.0), stats(22, loss=5.0)]
-    assert run(HealthMonitor(cfg, warmup_steps=100), seq) is None
-    v = run(HealthMonitor(cfg, warmup_steps=10), seq)
-    assert v.reason == "loss_spike" and v.step == 22
+def test_history_rules_wait_for_a_fixed_number_of_steps():
+    cfg = HealthConfig(patience=5, loss_spike_patience=2, grad_norm_max=1e9, settle_steps=20)
+    early = [stats(i, terms={"cls": 1.0 + 10 * (i > 3)}) for i in range(1, 8)]
+    assert run(HealthMonitor(cfg), early) is None  # not settled: 7 < 20 steps of history
+    seq = [stats(i) for i in range(1, 21)] + [stats(21, terms={"cls": 10.0}), stats(22, terms={"cls": 10.0})]
+    v = run(HealthMonitor(cfg), seq)
+    assert v.reason == "loss_spike" and v.step == 22 and v.values["unweighted_loss"] == 11.9
+
+
+def test_loss_spike_reads_unweighted_terms_not_the_weighted_total():
+    cfg = HealthConfig(loss_spike_patience=2, settle_steps=5)
+    # a higher loss weight multiplies the weighted total; the terms are the same
+    seq = [stats(i, loss=2.0 if i < 10 else 40.0) for i in range(1, 30)]
+    assert run(HealthMonitor(cfg), seq) is None
 
 
 def test_dfl_divergence():
-    v = run(HealthMonitor(HealthConfig(patience=3), warmup_steps=0), [stats(i, loss_dfl=11.86) for i in range(1, 9)])
+    v = run(HealthMonitor(HealthConfig(patience=3, settle_steps=50)),
+            [stats(i, terms={"dfl": 11.86}) for i in range(1, 9)])
     assert v.reason == "dfl_divergence" and v.step == 3
 
 
+def test_dead_detector():
+    cfg = HealthConfig(dead_window=10)
+    dead = [stats(i) for i in range(1, 4)] + [
+        stats(i, num_fg=0, terms={"bbox": 0.0, "dfl": 0.0, "cls": 0.0}, grad_norm_pre=0.007) for i in range(4, 30)]
+    v = run(HealthMonitor(cfg), dead)
+    assert v.reason == "dead_detector" and v.step == 13 and v.values["detection_loss"] == 0.0
+    # a batch of negatives only (no ground truth) has no foreground either: not dead
+    negatives = [stats(i, num_fg=0, num_gt=0, terms={"bbox": 0.0, "dfl": 0.0, "cls": 0.0}) for i in range(1, 30)]
+    assert run(HealthMonitor(cfg), negatives) is None
+
+
 def test_cpe_zero_window_and_stage1():
-    seq = [stats(i, loss_cpe=0.0, cpe_positives=0) for i in range(1, 30)]
+    seq = [stats(i, terms={"cpe": 0.0}, cpe_positives=0) for i in range(1, 30)]
     v = run(HealthMonitor(HealthConfig(cpe_zero_window=20)), seq)
     assert v.reason == "cpe_zero" and v.step == 20
     assert run(HealthMonitor(HealthConfig(cpe_zero_window=20), cpe_active=False), seq) is None
     # one non-zero value in the window resets it
-    seq = [stats(i, loss_cpe=0.0 if i != 15 else 0.3) for i in range(1, 30)]
+    seq = [stats(i, terms={"cpe": 0.0 if i != 15 else 0.3}) for i in range(1, 30)]
     assert run(HealthMonitor(HealthConfig(cpe_zero_window=20)), seq) is None
 
 
 def test_memory_budget_and_growth():
     v = run(HealthMonitor(HealthConfig(mem_budget_gb=50.0)), [stats(1), stats(2, mem_rss_gb=62.0)])
     assert v.reason == "memory_budget" and v.values["mem_rss_gb"] == 62.0
-    m = HealthMonitor(HealthConfig(mem_budget_gb=1e3, cuda_mem_fraction=0.9), cuda_total_gb=80.0)
-    assert m.update(stats(1, mem_cuda_peak_gb=75.0)).reason == "memory_budget"
+    m = HealthMonitor(HealthConfig(mem_budget_gb=1e3), cuda_budget_gb=36.0)  # 0.9 x half of an 80 GB device
+    assert m.update(stats(1, mem_cuda_peak_gb=30.0)) is None
+    v = m.update(stats(2, mem_cuda_peak_gb=37.0))
+    assert v.reason == "memory_budget" and v.values["budget_gb"] == 36.0
     m = HealthMonitor(HealthConfig(mem_growth_pct=20.0, mem_growth_after_epoch=2))
     assert m.end_epoch(1, 10, 32.0) is None
     assert m.end_epoch(2, 20, 45.0) is None  # epochs 1-2 may grow (caches fill)
@@ -94,3 +133,11 @@ def test_fp16_overflow_skip_is_not_fatal():
     m = HealthMonitor(HealthConfig())
     assert m.update(stats(1, grad_norm_pre=math.inf, grad_norm_post=math.inf, amp_skipped=True)) is None
     assert m.update(stats(2)) is None
+
+
+def test_state_round_trip_keeps_history():
+    m = HealthMonitor(HealthConfig(settle_steps=5))
+    run(m, [stats(i) for i in range(1, 30)])
+    m2 = HealthMonitor(HealthConfig(settle_steps=5))
+    m2.load_state_dict(m.state_dict())
+    assert m2.settled and list(m2.grad_norms) == list(m.grad_norms) and m2.streaks == m.streaks

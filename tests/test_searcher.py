@@ -60,23 +60,54 @@ def test_each_outcome_is_told_correctly(tmp_path):
     assert study.best_trial.user_attrs["ray_trial_id"] == "t_complete"  # infeasible trials never win
 
 
-def test_restore_reconciles_orphans_and_retries(tmp_path):
+def newest(study):
+    """The newest record of each Ray trial (a `supersedes` record replaces an earlier tell)."""
+    return {t.user_attrs["ray_trial_id"]: t for t in study.get_trials()}
+
+
+def test_restore_reconciles_orphans_and_supersedes_stale_tells(tmp_path):
     spec, s = make(tmp_path)
-    s.suggest("a")
-    s.suggest("b")
-    s.save(str(tmp_path / "searcher.pkl"))
-    s.suggest("orphan")  # asked after the last snapshot: unknown to the restored searcher
-    s.on_trial_complete("b", None, error=True)  # told FAIL before the snapshot below
+    for tid in ("a", "b", "c", "d"):
+        s.suggest(tid)
+    s.on_trial_result("d", result(1, 0.05))
+    s.save(str(tmp_path / "searcher.pkl"))  # Tune's experiment snapshot
+    s.suggest("orphan")  # asked after the snapshot: unknown to the restored searcher
+    s.on_trial_complete("b", None, error=True)  # told after the snapshot: FAIL ...
+    s.on_trial_complete("c", result(2, 0.02))  # ... and PRUNED at a rung
+    s.on_trial_complete("d", result(2, 0.07))  # ... and PRUNED, the same as it will end
+    # the driver dies here; Tuner.restore unpickles the snapshot's searcher (no __init__)
     from tune.searcher import RefDetOptunaSearch
 
-    restored = RefDetOptunaSearch.__new__(RefDetOptunaSearch)  # as Tuner.restore does: unpickled, no __init__
+    restored = RefDetOptunaSearch.__new__(RefDetOptunaSearch)
     restored.restore(str(tmp_path / "searcher.pkl"))
-    trials, _ = states(tmp_path, spec)
-    assert trials["orphan"].state == TrialState.FAIL and trials["orphan"].user_attrs["stop_reason"] == "orphan"
-    # b errored, then resume_errored ran it to the end: its real outcome is added as a retry
-    restored._completed_trials.add("b")
-    restored._told["b"] = "fail"
-    restored.on_trial_complete("b", result(4, 0.4))
     _, study = states(tmp_path, spec)
-    retries = [t for t in study.get_trials() if t.user_attrs.get("retry_of") is not None]
-    assert len(retries) == 1 and retries[0].value == 0.4 and retries[0].state == TrialState.COMPLETE
+    assert newest(study)["orphan"].state == TrialState.FAIL
+    assert newest(study)["orphan"].user_attrs["stop_reason"] == "orphan"
+    # the resumed trials run on from their checkpoints: b and c to max_t, d stopped again at its rung
+    restored.on_trial_result("b", result(3, 0.3))
+    restored.on_trial_complete("b", result(4, 0.4))
+    restored.on_trial_result("c", result(3, 0.25))
+    restored.on_trial_complete("c", result(4, 0.35))
+    restored.on_trial_result("d", result(1, 0.05))
+    restored.on_trial_complete("d", result(2, 0.07))
+    restored.on_trial_complete("a", result(1, 0.0, fatal=True, reason="dead_detector"))
+    _, study = states(tmp_path, spec)
+    now = newest(study)
+    assert now["b"].state == TrialState.COMPLETE and now["b"].value == 0.4 and now["b"].constraints == {"health": 0.0}
+    assert now["c"].state == TrialState.COMPLETE and now["c"].value == 0.35
+    assert now["b"].user_attrs["supersedes"] != now["c"].user_attrs["supersedes"]
+    assert now["d"].state == TrialState.PRUNED and "supersedes" not in now["d"].user_attrs  # nothing changed
+    assert now["a"].state == TrialState.COMPLETE and now["a"].constraints == {"health": 1.0}
+    assert len(study.get_trials()) == 5 + 2  # two superseding records, no duplicate for d
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+
+
+def test_stale_validation_values_are_not_intermediate_values(tmp_path):
+    spec, s = make(tmp_path)
+    s.suggest("first")
+    s.suggest("t")
+    s.on_trial_result("t", {**result(1, 0.0), "val/fresh": 0.0})  # carried forward, not measured
+    s.on_trial_result("t", {**result(2, 0.2), "val/fresh": 1.0})
+    s.on_trial_complete("t", result(4, 0.3))
+    trials, _ = states(tmp_path, spec)
+    assert trials["t"].intermediate_values == {2: 0.2}

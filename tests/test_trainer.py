@@ -12,7 +12,7 @@ from refdet.engine.trainer import Trainer, lr_lambda
 DESIGN_KEYS = {"train/loss", "train/loss_bbox", "train/loss_cls", "train/loss_dfl", "train/loss_cpe", "val/st_iou",
                "val/ap50", "val/recall", "lr", "epoch", "health/grad_norm_pre_max", "health/grad_norm_post_max",
                "health/clip_ratio_max", "health/nonfinite_steps", "health/cpe_zero_frac", "health/mem_rss_gb",
-               "health/mem_rss_growth", "health/mem_cuda_peak_gb", "health/fatal", "health/stop_reason"}
+               "health/mem_rss_growth", "health/mem_cuda_peak_gb", "health/fatal", "health/stop_reason", "val/fresh"}
 
 
 def test_healthy_training_reports_design_metrics(tiny_cfg, tmp_path):
@@ -29,7 +29,8 @@ def test_healthy_training_reports_design_metrics(tiny_cfg, tmp_path):
     assert isinstance(s.loss, float) and isinstance(s.grad_norm_pre, float) and s.mem_rss_gb > 0
     assert s.grad_norm_post <= trainer.cfg.optim.gradient_clip_norm + 1e-3
     assert s.clipped == (s.grad_norm_pre > trainer.cfg.optim.gradient_clip_norm)
-    assert s.loss_cpe > 0 and s.cpe_positives > 0  # stage 2: CPE is live
+    assert s.terms["cpe"] > 0 and s.cpe_positives > 0  # stage 2: CPE is live
+    assert s.num_gt > 0 and s.num_fg > 0
     log = (tmp_path / "run" / "training.log").read_text()
     for needle in ("CPE Loss", "Total Grad Norm pre-clip", "post-clip", "DFL loss"):
         assert needle in log
@@ -139,9 +140,33 @@ def test_checkpoint_is_safe_and_complete(tiny_cfg, tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
-def test_stop_reasons_are_the_design_list():
-    assert set(STOP_REASONS) == {"ok", "oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence",
-                                 "cpe_zero", "memory_budget", "memory_leak"}
+def test_every_stop_reason_is_documented_and_plotted():
+    from pathlib import Path
+
+    from tune.plots import COLORS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for reason in set(STOP_REASONS) - {"ok"}:
+        assert reason in COLORS and f"`{reason}`" in readme, reason
+
+
+BLOWUP_STEPS = 40  # a real blow-up is stopped within this many steps, whatever the clip
+
+
+@pytest.mark.parametrize("clip", [0.5, 10.0, 100.0])
+def test_verdicts_do_not_depend_on_the_clip(tiny_cfg, clip):
+    """Healthy training gets no verdict at any clip (a clip of 0.5 means pre/post ratios of
+    100+, which the old clip-ratio rule called an explosion); lr 20 is stopped at each."""
+    healthy = Trainer(tiny_cfg(**{"optim.lr": 2e-3, "optim.gradient_clip_norm": clip, "steps_per_epoch": 40,
+                                  "epochs": 1, "seed": 1}))
+    result = next(healthy.fit())
+    assert result.verdict is None, result.verdict.message
+    assert result.metrics["health/clip_ratio_max"] > 1 or clip >= 100
+    blowup = Trainer(tiny_cfg(**{"optim.lr": 20.0, "optim.gradient_clip_norm": clip, "steps_per_epoch": 60,
+                                 "epochs": 1, "seed": 1}))
+    result = next(blowup.fit())
+    assert result.verdict is not None and result.verdict.step <= BLOWUP_STEPS, result.verdict
+    assert result.verdict.reason in ("nonfinite", "grad_explosion", "dead_detector", "dfl_divergence", "loss_spike")
 
 
 def test_memory_budget_fires_from_real_training(tiny_cfg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import replace
@@ -12,6 +13,9 @@ from tune.space import SearchSpec
 
 SHORT = {"optim.gradient_clip_norm": "clip", "loss.dfl_weight": "dfl", "optim.warmup_epochs": "warmup",
          "optim.lr": "lr"}
+
+
+EXIT_INTERRUPTED = 130
 
 
 class ExperimentError(ValueError):
@@ -130,6 +134,8 @@ def run_search(spec: SearchSpec, args) -> int:
                     callbacks=[TrialTensorBoard(list(spec.params))],
                 ),
             )
+        # Ray's own hint on Ctrl-C ("Tuner.restore(...)") is replaced by our --resume line.
+        logging.getLogger("ray.tune.tune").addFilter(lambda rec: "Tuner.restore" not in rec.getMessage())
         t0 = time.time()
         results = tuner.fit()
         elapsed = time.time() - t0
@@ -184,6 +190,9 @@ def make_reporter(spec: SearchSpec, every: float):
 
 def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, args) -> int:
     errors = results.num_errors
+    finished = results.num_terminated + errors
+    if finished < spec.num_samples:  # Ray's Tuner caught the first Ctrl-C and returned early
+        return interrupted(spec, exp_local, finished, args)
     print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
     if exp_local is None:
         print(f"results in {storage}/{spec.name}; run `python tune/report.py` on a local copy for the report")
@@ -202,6 +211,28 @@ def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, 
     print(f"final run: python -m refdet.train --config {exp_local / 'best_config.yaml'}")
     sys.stdout.flush()
     return 0
+
+
+def resume_command(spec: SearchSpec, args) -> str:
+    parts = ["python tune/run.py", f"--space {args.space}", f"--name {spec.name}"]
+    if args.storage:
+        parts.append(f"--storage {args.storage}")
+    if args.address:
+        parts.append(f"--address {args.address}")
+    return " ".join(parts + ["--resume"])
+
+
+def interrupted(spec: SearchSpec, exp_local: Path | None, finished: int, args) -> int:
+    """The first Ctrl-C: Tune saved the experiment and stopped the trials (they resume from
+    their last checkpoints; nothing partial was told to Optuna). The report is written, marked
+    incomplete, without a best_config.yaml."""
+    if exp_local is not None:
+        from tune.report import write_report
+
+        write_report(exp_local, spec, plots=False)
+    print(f"\ninterrupted: {finished} of {spec.num_samples} trials finished; continue with: "
+          f"{resume_command(spec, args)}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 __all__ = ["ExperimentError", "dry_run", "run_search"]

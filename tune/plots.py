@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {"completed": "tab:green", "asha": "tab:blue", "running": "tab:gray", "error": "black",
           "oom": "tab:red", "nonfinite": "tab:purple", "grad_explosion": "tab:orange", "loss_spike": "tab:pink",
           "dfl_divergence": "tab:brown", "cpe_zero": "tab:olive", "memory_budget": "tab:cyan",
-          "memory_leak": "darkred"}
+          "memory_leak": "darkred", "dead_detector": "gold"}
 
 
 def _save(fig, path: Path) -> None:

@@ -116,16 +116,17 @@ def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
 
 def _apply_journal_states(exp: Path, spec: SearchSpec, rows: list[TrialRow]) -> None:
     """What the searcher told Optuna decides between asha, error and running: PRUNED was an
-    ASHA stop (even if the trial had a retried failure), FAIL a crash after its retries."""
+    ASHA stop (even if the trial had a retried failure), FAIL a crash after its retries.
+    A Ray trial's newest record counts (a `supersedes` record replaces an earlier tell)."""
     study = load_study(exp, spec)
     if study is None:
         return
     import optuna
 
     by_id = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False):  # in number order: the newest record of a trial wins
         rid = t.user_attrs.get("ray_trial_id")
-        if rid and "retry_of" not in t.user_attrs:
+        if rid:
             by_id[rid] = t
     for row in rows:
         t = by_id.get(row.trial_id)
@@ -176,9 +177,25 @@ class Report:
             c[r.reason] = c.get(r.reason, 0) + 1
         return c
 
+    @property
+    def finished(self) -> int:
+        """Trials that ended (completed, stopped or failed); a running one was interrupted."""
+        return sum(r.reason != "running" for r in self.rows)
+
+    @property
+    def complete(self) -> bool:
+        """The search ran every trial it was asked for: only then is its best an answer."""
+        return self.finished >= self.spec.num_samples
+
+    def incomplete_note(self) -> str:
+        return (f"the search is incomplete: {self.finished} of {self.spec.num_samples} trials finished; "
+                f"no best_config.yaml is written until it is (continue it with --resume)")
+
     def console_summary(self) -> str:
         lines = ["trials by stop reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))]
-        if self.best:
+        if not self.complete:
+            lines.append(self.incomplete_note())
+        elif self.best:
             lines.append(f"best trial {self.best.trial_id}: {self.spec.metric} {self.best.best:.4f} with "
                          + ", ".join(f"{k}={_fmt(v)}" for k, v in self.best.params.items()))
             lines.append(f"best config: {self.exp / 'best_config.yaml'}")
@@ -211,7 +228,7 @@ def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = 
     atomic_write_text(exp / "leaderboard.csv", leaderboard_csv(report))
     atomic_write_text(exp / "summary.md", summary_md(report))
     atomic_write_text(exp / "health_report.md", health_md(report))
-    if report.best is not None:
+    if report.best is not None and report.complete:
         write_best_config(report)
     if plots:
         from tune.plots import write_plots
@@ -244,6 +261,8 @@ def summary_md(report: Report) -> str:
     lines = [f"# Search `{spec.name}`", "",
              f"metric `{spec.metric}` ({spec.mode}); {len(rows)} trials; ASHA max_t {spec.max_t}, "
              f"grace {spec.grace_period}, reduction {spec.reduction_factor}", ""]
+    if not report.complete:
+        lines += [f"**Interrupted**: {report.incomplete_note()}.", ""]
     if report.best:
         lines += [f"**Best trial** `{report.best.trial_id}`: {spec.metric} = {report.best.best:.4f} "
                   f"(best over its epochs), " + ", ".join(f"`{k}`={_fmt(v)}" for k, v in report.best.params.items()), ""]

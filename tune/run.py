@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tune.space import SAFE_NAME, SpaceError, load_space  # noqa: E402
+from tune.space import SAFE_NAME, SpaceError, check_rungs_validated, load_space  # noqa: E402
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_RESULTS = Path("results")
@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python tune/run.py --space {args.space} --name {spec.name} --resume",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop started
+        from tune.launch import resume_command
+
+        print(f"\ninterrupted; continue with: {resume_command(spec, args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -101,12 +102,15 @@ def apply_cli(spec, args):
         raise SpaceError("--confirm-top must be >= 0 and --seeds >= 1")
     if args.set:
         changes["base"] = override_base(spec, args.set, args.resume)
-    return replace(spec, **changes) if changes else spec
+    spec = replace(spec, **changes) if changes else spec
+    check_rungs_validated(spec)
+    return spec
 
 
 def override_base(spec, items: list[str], resume: bool):
     """The space's base TrainConfig with --set KEY=VALUE applied, checked like the space file."""
     from refdet.config import ConfigError, parse_set
+    from tune.space import NOT_SEARCHABLE
 
     if resume:
         raise SpaceError("--set: a resumed search keeps the base it started with (results/<name>/space.yaml)")
@@ -117,8 +121,8 @@ def override_base(spec, items: list[str], resume: bool):
     for key in overrides:
         if key in spec.params:
             raise SpaceError(f"--set {key}: a searched parameter (change its range in {spec.path.name})")
-        if key == "epochs":
-            raise SpaceError("--set epochs: a trial's epochs are the space's scheduler.max_t")
+        if key in ("epochs", "device_share"):
+            raise SpaceError(f"--set {key}: {NOT_SEARCHABLE[key]}")
     try:
         return spec.base.with_overrides(overrides).resolve_paths()
     except ConfigError as exc:

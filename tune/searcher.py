@@ -14,9 +14,12 @@ intermediate value. Here (see ../shared/RAY-OPTUNA-FACTS.md for the measurements
 An ASHA stop is recognised because Tune withholds the stopping result from
 `on_trial_result` but passes it to `on_trial_complete`: its iteration is then past the last
 one seen, and below max_t. After `Tuner.restore` the searcher reconciles the journal:
-RUNNING trials it does not track (asked after the last snapshot) are told FAIL, and a trial
-that was told FAIL and then resumed to the end is recorded again as a new trial tagged
-`retry_of`.
+RUNNING trials it does not track (asked after the last snapshot) are told FAIL. Whether a
+trial was already told is read from the journal itself, not from the pickled searcher: a
+trial told before a driver kill (after the last snapshot), or told FAIL and resumed by
+`resume_errored`, that then ends differently is recorded again as a new trial tagged
+`supersedes` (Optuna cannot change a finished trial); the newest record of a Ray trial is
+its state.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ class RefDetOptunaSearch(OptunaSearch):
         self._max_t = max_t
         self._penalty = float(penalty)
         self._last_seen: dict[str, int] = {}
-        self._told: dict[str, str] = {}  # ray trial id -> outcome told
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -55,11 +57,16 @@ class RefDetOptunaSearch(OptunaSearch):
         self._last_seen[trial_id] = it
         value = result.get(self.metric)
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and _finite(value) and trial_id not in self._completed_trials:
-            ot_trial.report(float(value), it)
+        fresh = result.get("val/fresh", 1.0)  # a carried-forward validation value is not a new measurement
+        if ot_trial is not None and fresh and _finite(value) and trial_id not in self._completed_trials:
+            try:
+                ot_trial.report(float(value), it)
+            except Exception as exc:  # told before the last snapshot (see on_trial_complete)
+                log.debug("intermediate value for %s not recorded: %s", trial_id, exc)
 
     def classify(self, trial_id: str, result: dict | None, error: bool) -> tuple[str, float | None, str]:
-        """-> (outcome, value, stop reason); outcome in complete, pruned, infeasible, fail."""
+        """-> (outcome, value, stop reason); outcome in complete, pruned, infeasible, fail,
+        unfinished (not told)."""
         if error or not result:
             return "fail", None, "error"
         if result.get("health/fatal"):
@@ -68,8 +75,13 @@ class RefDetOptunaSearch(OptunaSearch):
         if not _finite(value):
             return "fail", None, "error"
         it = int(result.get("training_iteration", 0))
-        if it > self._last_seen.get(trial_id, 0) and it < self._max_t:
-            return "pruned", float(value), "asha"
+        if it < self._max_t:
+            if it > self._last_seen.get(trial_id, 0):
+                return "pruned", float(value), "asha"
+            # Ended below max_t on a result the searcher saw: nobody decided to stop it (the
+            # driver is shutting down). A partial value is not an outcome: tell nothing, the
+            # trial stays RUNNING in the journal and a resume finishes it.
+            return "unfinished", None, "running"
         return "complete", float(value), "completed"
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -78,9 +90,16 @@ class RefDetOptunaSearch(OptunaSearch):
             log.warning("trial %s completed but was never suggested by this searcher; not told", trial_id)
             return
         outcome, value, reason = self.classify(trial_id, result, error)
-        if trial_id in self._completed_trials:
-            if self._told.get(trial_id) == "fail" and outcome != "fail":
-                self._record_retry(trial_id, ot_trial, outcome, value, reason, result)
+        if outcome == "unfinished":
+            log.info("trial %s ended at a partial result; not told (a resume continues it)", trial_id)
+            return
+        # The journal, not this object, says whether the trial was told: after a driver kill
+        # the restored searcher is the last snapshot's, and may not know what it told since.
+        told = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if told.state.is_finished():
+            if not self._same_outcome(told, outcome, value):
+                self._supersede(trial_id, told, outcome, value, reason, result)
+            self._completed_trials.add(trial_id)
             return
         try:
             ot_trial.set_user_attr("stop_reason", reason)
@@ -98,24 +117,37 @@ class RefDetOptunaSearch(OptunaSearch):
                 self._ot_study.tell(ot_trial, value, skip_if_finished=True)
         except Exception as exc:  # never leave a trial RUNNING
             log.warning("telling Optuna %s for trial %s failed (%s); telling FAIL", outcome, trial_id, exc)
-            outcome = "fail"
             self._ot_study.tell(ot_trial, state=TrialState.FAIL, skip_if_finished=True)
-        self._told[trial_id] = outcome
         self._completed_trials.add(trial_id)
 
-    def _record_retry(self, trial_id, ot_trial, outcome, value, reason, result) -> None:
-        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+    @staticmethod
+    def _same_outcome(told, outcome: str, value: float | None) -> bool:
+        if outcome == "fail":
+            return told.state == TrialState.FAIL
+        if outcome == "pruned":
+            return told.state == TrialState.PRUNED and told.intermediate_values.get(
+                max(told.intermediate_values, default=-1)) == value
+        infeasible = (told.constraints or {}).get("health", 0.0) > 0
+        return told.state == TrialState.COMPLETE and told.value == value and infeasible == (outcome == "infeasible")
+
+    def _supersede(self, trial_id, told, outcome, value, reason, result) -> None:
+        """The trial ended differently from what the journal holds (it was told, then the
+        driver died before its snapshot, and the resumed trial ran on; or it crashed, was told
+        FAIL, and `resume_errored` ran it to the end). Optuna cannot change a finished trial,
+        so its real outcome is added as a new trial `supersedes` the old number; the report
+        and the tests read the newest record of each Ray trial."""
         state = {"complete": TrialState.COMPLETE, "infeasible": TrialState.COMPLETE,
-                 "pruned": TrialState.PRUNED}[outcome]
-        it = int((result or {}).get("training_iteration", 0))
-        inter = dict(frozen.intermediate_values)
-        inter.setdefault(it, value)
+                 "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}[outcome]
+        inter = {k: v for k, v in told.intermediate_values.items() if _finite(v)}
+        if outcome == "pruned":
+            inter[int((result or {}).get("training_iteration", 0))] = value
         self._ot_study.add_trial(optuna.trial.create_trial(
-            state=state, value=value, params=frozen.params, distributions=frozen.distributions,
-            intermediate_values=inter, user_attrs={"ray_trial_id": trial_id, "retry_of": frozen.number,
-                                                   "stop_reason": reason},
-            constraints={"health": 1.0 if outcome == "infeasible" else 0.0}))
-        self._told[trial_id] = outcome
+            state=state, value=value if outcome != "fail" else None, params=told.params,
+            distributions=told.distributions, intermediate_values=inter,
+            user_attrs={"ray_trial_id": trial_id, "supersedes": told.number, "stop_reason": reason},
+            constraints={"health": 1.0 if outcome == "infeasible" else 0.0} if outcome != "fail" else None))
+        log.warning("trial %s: journal said %s, the trial ended %s; recorded as trial %s superseding %d",
+                    trial_id, told.state.name, outcome, len(self._ot_study.get_trials(deepcopy=False)) - 1, told.number)
 
     def reconcile(self) -> int:
         """Tell FAIL to RUNNING journal trials this searcher does not track. Returns the count."""

@@ -145,12 +145,41 @@ def _num(value: Any, key: str, where: str, typ: type = float, minimum: float | N
     return out
 
 
+HEALTH_NOT_SEARCHABLE = "a health verdict must not depend on a searched value (set it in the space's health section)"
+NOT_SEARCHABLE = {
+    "epochs": "a trial's epochs are scheduler.max_t",
+    "val_interval": "ASHA's rungs must fall on validated epochs; set it in base_overrides",
+    "device_share": "it is the trial's resources.gpu",
+}
+
+
+def asha_rungs(grace: int, rf: int, max_t: int) -> list[int]:
+    """The epochs where ASHA compares trials (one bracket; as ray.tune's ASHAScheduler places them)."""
+    n = int(math.log(max_t / grace) / math.log(rf) + 1)
+    return sorted(grace * rf**k for k in range(n))
+
+
+def check_rungs_validated(spec: SearchSpec) -> None:
+    """Only fresh validation values may reach ASHA: with val_interval > 1 every rung below
+    max_t must be a validated epoch (the last epoch always is)."""
+    every = spec.base.val_interval
+    stale = [r for r in asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_t)
+             if r < spec.max_t and r % every]
+    if stale:
+        raise SpaceError(f"{spec.path}: ASHA rungs at epochs {stale} are not validated with val_interval {every} "
+                         f"(rungs {asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_t)}): choose "
+                         f"scheduler.grace_period and reduction_factor so each rung is a multiple of {every}, "
+                         f"or val_interval 1")
+
+
 def _param(path: str, spec: Any, where: str) -> ParamSpec:
     key = f"params.{path}"
     try:
         ftype = field_type(path)
     except ConfigError as exc:
         raise SpaceError(f"{where}: {key}: not a TrainConfig key ({exc})") from None
+    if path.startswith("health.") or path in NOT_SEARCHABLE:
+        raise SpaceError(f"{where}: {key}: cannot be searched: {NOT_SEARCHABLE.get(path, HEALTH_NOT_SEARCHABLE)}")
     if not isinstance(spec, dict):
         raise SpaceError(f"{where}: {key}: expected a mapping with 'type'")
     kind = spec.get("type")
@@ -300,8 +329,10 @@ def load_space(name_or_path: str) -> SearchSpec:
             base.with_overrides(pt)  # every path and type is checked against TrainConfig here
     except ConfigError as exc:
         raise SpaceError(f"{where}: {exc}") from None
-    return SearchSpec(name, path.resolve(), base, params, metric, mode, num_samples, max_concurrent, seed,
+    spec = SearchSpec(name, path.resolve(), base, params, metric, mode, num_samples, max_concurrent, seed,
                       tuple(initial), penalty, max_t, grace, rf, cpu, gpu, final_epochs, raw)
+    check_rungs_validated(spec)
+    return spec
 
 
 def _midpoint(p: ParamSpec) -> Any:

@@ -1,23 +1,34 @@
 """Training health: per-step statistics and the rules that stop a run.
 
 `HealthMonitor` is pure Python (no torch, no Ray): it reads `StepStats` and returns a
-`Verdict` when a rule fires. Thresholds and patience come from `HealthConfig`; the rules are
-those of the original monitoring checklist (DESIGN.md, Health rules):
+`Verdict` when a rule fires. Every rule reads the training's own state -- gradient norms,
+unweighted loss terms, foreground counts, memory -- and never a searched value (the clip,
+a loss weight, the lr or the warmup length): a run that trains normally must get the same
+verdict wherever the searcher put its hyperparameters. Thresholds come from `HealthConfig`
+(fixed for a search: a space may not search `health.*`).
 
-| rule            | reason           | fires when                                                   |
-|-----------------|------------------|--------------------------------------------------------------|
-| nonfinite       | nonfinite        | loss or grad norm is NaN/inf, once                            |
-| grad_norm       | grad_explosion   | pre-clip norm > grad_norm_max for `patience` steps             |
-| clip_ratio      | grad_explosion   | pre/post clip ratio > clip_ratio_max for `patience` steps      |
-| loss_spike      | loss_spike       | after warmup, loss > factor x running median for              |
-|                 |                  | `loss_spike_patience` steps (per-batch loss is noisy)          |
-| dfl_divergence  | dfl_divergence   | after warmup, DFL loss > dfl_max for `patience` steps          |
-| cpe_zero        | cpe_zero         | stage 2: CPE loss exactly 0 on every step of a window          |
-| memory_budget   | memory_budget    | host RSS > budget, or CUDA peak > fraction of the device       |
-| memory_growth   | memory_leak      | RSS grows > pct per epoch after `mem_growth_after_epoch`       |
-| oom             | oom              | CUDA OOM / MemoryError (raised by the trainer)                 |
+Step rules are the table `STEP_RULES`: a condition and the number of consecutive steps it
+must hold. The streak counters are derived from it, so a new rule is one entry (and a test).
 
-Histories are bounded deques of Python floats.
+| rule           | reason         | condition, held for                                                |
+|----------------|----------------|--------------------------------------------------------------------|
+| nonfinite      | nonfinite      | loss or pre-clip norm NaN/inf (not an fp16 overflow skip), once    |
+| memory_budget  | memory_budget  | host RSS > budget, or CUDA peak > the trial's share of the device  |
+| grad_norm      | grad_explosion | pre-clip norm > grad_norm_max, `patience` steps                    |
+| grad_growth    | grad_explosion | pre-clip norm > grad_growth_factor x its running median, `patience`|
+| loss_spike     | loss_spike     | unweighted loss > loss_spike_factor x its running median,          |
+|                |                | `loss_spike_patience` steps                                        |
+| dfl_divergence | dfl_divergence | unweighted DFL term > dfl_max, `patience` steps                    |
+| dead_detector  | dead_detector  | ground truth in the batch, yet box + class + DFL terms (unweighted)|
+|                |                | < dead_loss_max: every anchor scored 0, `dead_window` steps        |
+| cpe_zero       | cpe_zero       | stage 2: CPE term exactly 0, `cpe_zero_window` steps               |
+| memory_growth  | memory_leak    | per epoch: RSS grows > pct after `mem_growth_after_epoch`          |
+| oom            | oom            | CUDA OOM / MemoryError anywhere in a trial (raised by the trainer) |
+
+Rules that compare with the run's history (grad_growth, loss_spike) wait for `settle_steps`
+finite steps: a fixed count, the same for every trial. (They used to wait for the warmup,
+a searched value; the DFL level rule waited too, though a learning run's DFL term stays
+below 3 from its first step on the smoke data -- it now applies from step 1.)
 """
 
 from __future__ import annotations
@@ -25,48 +36,55 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from refdet.config import HealthConfig
 
-STOP_REASONS = ("ok", "oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "cpe_zero",
-                "memory_budget", "memory_leak")
+STOP_REASONS = ("ok", "oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "dead_detector",
+                "cpe_zero", "memory_budget", "memory_leak")
 
 
 @dataclass
 class StepStats:
-    """One optimizer step. Losses are unweighted terms; memory in GB; times in seconds."""
+    """One optimizer step. `terms`: the criterion's unweighted loss terms by name; `loss`:
+    their weighted total; memory in GB; times in seconds."""
 
     step: int
     epoch: int
     loss: float
-    loss_bbox: float
-    loss_cls: float
-    loss_dfl: float
-    loss_cpe: float
-    cpe_positives: int
-    num_fg: int
+    terms: dict[str, float]
     grad_norm_pre: float  # what clip_grad_norm_ returns (after unscaling under AMP)
     grad_norm_post: float
     clipped: bool
     nonfinite: bool  # loss or gradient not finite (the step was skipped)
     lr: float
-    mem_rss_gb: float
-    mem_cuda_alloc_gb: float
-    mem_cuda_peak_gb: float
-    step_time: float
-    data_time: float
+    mem_rss_gb: float = 0.0
+    mem_cuda_alloc_gb: float = 0.0
+    mem_cuda_peak_gb: float = 0.0
+    step_time: float = 0.0
+    data_time: float = 0.0
+    num_fg: int = 0  # anchors the assigner matched to ground truth
+    num_gt: int = 0  # ground-truth boxes in the batch
+    cpe_positives: int = 0
     amp_skipped: bool = False  # fp16 GradScaler overflow: the step was skipped, by design
+
     @property
     def clip_ratio(self) -> float:
+        """Pre/post clip ratio: logged (health/clip_ratio_max), never a stop rule -- it is a
+        function of the searched clip value."""
         if not math.isfinite(self.grad_norm_pre) or self.grad_norm_post <= 0:
             return math.inf if self.grad_norm_pre > 0 else 1.0
         return self.grad_norm_pre / self.grad_norm_post
 
+    @property
+    def unweighted_loss(self) -> float:
+        return float(sum(self.terms.values()))
+
 
 @dataclass
 class Verdict:
-    """A fatal finding: which rule, the stop reason it maps to, the step, and the values."""
+    """A fatal finding: the rule that fired, the stop reason it maps to, the step, and the values."""
 
     rule: str
     reason: str
@@ -75,80 +93,167 @@ class Verdict:
 
     @property
     def message(self) -> str:
-        vals = ", ".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
+        vals = ", ".join(f"{k}={fmt_number(v)}" for k, v in self.values.items())
         return f"health stop [{self.reason}] rule {self.rule} at step {self.step}: {vals}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _fmt(v) -> str:
+def fmt_number(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+@dataclass(frozen=True)
+class StepRule:
+    """`check(monitor, stats)` returns the values to report when the condition holds on
+    this step, else None; `patience(cfg)` is how many consecutive steps it must hold."""
+
+    name: str
+    reason: str
+    check: Callable[[HealthMonitor, StepStats], dict | None]
+    patience: Callable[[HealthConfig], int]
+
+
+def _host_memory(m: HealthMonitor, s: StepStats) -> dict | None:
+    if s.mem_rss_gb > m.cfg.mem_budget_gb:
+        return dict(mem_rss_gb=s.mem_rss_gb, budget_gb=m.cfg.mem_budget_gb)
+    return None
+
+
+def _cuda_memory(m: HealthMonitor, s: StepStats) -> dict | None:
+    if m.cuda_budget_gb and s.mem_cuda_peak_gb > m.cuda_budget_gb:
+        return dict(mem_cuda_peak_gb=s.mem_cuda_peak_gb, budget_gb=m.cuda_budget_gb)
+    return None
+
+
+def _grad_norm(m: HealthMonitor, s: StepStats) -> dict | None:
+    if s.grad_norm_pre > m.cfg.grad_norm_max:
+        return dict(grad_norm_pre=s.grad_norm_pre, limit=m.cfg.grad_norm_max)
+    return None
+
+
+def _grad_growth(m: HealthMonitor, s: StepStats) -> dict | None:
+    median = m.running_median(m.grad_norms)
+    if median is not None and s.grad_norm_pre > m.cfg.grad_growth_factor * median:
+        return dict(grad_norm_pre=s.grad_norm_pre, running_median=median, factor=m.cfg.grad_growth_factor)
+    return None
+
+
+def _loss_spike(m: HealthMonitor, s: StepStats) -> dict | None:
+    median = m.running_median(m.losses)
+    loss = s.unweighted_loss
+    if median is not None and loss > m.cfg.loss_spike_factor * median:
+        return dict(unweighted_loss=loss, running_median=median, factor=m.cfg.loss_spike_factor)
+    return None
+
+
+def _dfl_divergence(m: HealthMonitor, s: StepStats) -> dict | None:
+    dfl = s.terms.get("dfl", 0.0)
+    if dfl > m.cfg.dfl_max:
+        return dict(loss_dfl=dfl, limit=m.cfg.dfl_max)
+    return None
+
+
+DETECTION_TERMS = ("bbox", "cls", "dfl")
+
+
+def _dead_detector(m: HealthMonitor, s: StepStats) -> dict | None:
+    # A collapsed detector scores every anchor 0: the assigner's alignment is 0, so no box,
+    # class or DFL loss is left (a learning one keeps a class loss of order 1).
+    detection = sum(s.terms.get(k, 0.0) for k in DETECTION_TERMS)
+    if s.num_gt > 0 and detection < m.cfg.dead_loss_max:
+        return dict(detection_loss=detection, num_gt=s.num_gt, num_fg=s.num_fg, grad_norm_pre=s.grad_norm_pre)
+    return None
+
+
+def _cpe_zero(m: HealthMonitor, s: StepStats) -> dict | None:
+    if m.cpe_active and s.terms.get("cpe", 0.0) == 0.0:
+        return dict(cpe_positives=s.cpe_positives)
+    return None
+
+
+def _once(cfg: HealthConfig) -> int:
+    return 1
+
+
+STEP_RULES: tuple[StepRule, ...] = (
+    StepRule("memory_budget", "memory_budget", _host_memory, _once),
+    StepRule("cuda_memory_budget", "memory_budget", _cuda_memory, _once),
+    StepRule("grad_norm", "grad_explosion", _grad_norm, lambda c: c.patience),
+    StepRule("grad_growth", "grad_explosion", _grad_growth, lambda c: c.patience),
+    StepRule("loss_spike", "loss_spike", _loss_spike, lambda c: c.loss_spike_patience),
+    StepRule("dfl_divergence", "dfl_divergence", _dfl_divergence, lambda c: c.patience),
+    StepRule("dead_detector", "dead_detector", _dead_detector, lambda c: c.dead_window),
+    StepRule("cpe_zero", "cpe_zero", _cpe_zero, lambda c: c.cpe_zero_window),
+)
+
+
+def longest_patience(cfg: HealthConfig) -> int:
+    """The longest stretch of steps any step rule looks at."""
+    return max(max(1, r.patience(cfg)) for r in STEP_RULES)
+
+
 class HealthMonitor:
-    def __init__(self, cfg: HealthConfig, warmup_steps: int = 0, cpe_active: bool = True,
-                 cuda_total_gb: float = 0.0):
-        self.cfg, self.warmup_steps, self.cpe_active = cfg, warmup_steps, cpe_active
-        self.cuda_total_gb = cuda_total_gb
-        self.losses: deque[float] = deque(maxlen=max(cfg.loss_window, 1))
-        self.cpe_window: deque[float] = deque(maxlen=max(cfg.cpe_zero_window, 1))
-        self.streaks = {"grad_norm": 0, "clip_ratio": 0, "loss_spike": 0, "dfl_divergence": 0}
+    """cuda_budget_gb: this trial's CUDA budget (its share of the device x the configured
+    fraction; 0 = no CUDA check). Histories are bounded deques of Python floats."""
+
+    def __init__(self, cfg: HealthConfig, cpe_active: bool = True, cuda_budget_gb: float = 0.0):
+        self.cfg, self.cpe_active, self.cuda_budget_gb = cfg, cpe_active, cuda_budget_gb
+        window = max(cfg.history_window, 1)
+        self.losses: deque[float] = deque(maxlen=window)
+        self.grad_norms: deque[float] = deque(maxlen=window)
+        self.finite_steps = 0
+        self.streaks = {r.name: 0 for r in STEP_RULES}
         self.epoch_rss: list[float] = []  # one float per epoch: bounded by the run's length
         self._reset_epoch()
 
+    @property
+    def settled(self) -> bool:
+        return self.finite_steps >= self.cfg.settle_steps
+
+    def running_median(self, history: deque[float]) -> float | None:
+        """The median of the history once the run has settled (None before)."""
+        if not self.settled or not history:
+            return None
+        return statistics.median(history)
+
     def _reset_epoch(self) -> None:
-        self.ep = {"grad_norm_pre_max": 0.0, "grad_norm_post_max": 0.0, "clip_ratio_max": 0.0,
-                   "nonfinite_steps": 0, "cpe_zero": 0, "steps": 0, "rss": 0.0, "cuda_peak": 0.0}
+        self.epoch_stats = {"grad_norm_pre_max": 0.0, "grad_norm_post_max": 0.0, "clip_ratio_max": 0.0,
+                            "nonfinite_steps": 0, "cpe_zero": 0, "steps": 0, "rss": 0.0, "cuda_peak": 0.0}
 
     # -- per step ------------------------------------------------------------------------
     def update(self, s: StepStats) -> Verdict | None:
-        ep = self.ep
-        ep["steps"] += 1
-        ep["rss"] = max(ep["rss"], s.mem_rss_gb)
-        ep["cuda_peak"] = max(ep["cuda_peak"], s.mem_cuda_peak_gb)
+        e = self.epoch_stats
+        e["steps"] += 1
+        e["rss"] = max(e["rss"], s.mem_rss_gb)
+        e["cuda_peak"] = max(e["cuda_peak"], s.mem_cuda_peak_gb)
         if s.amp_skipped:
             return None
         if s.nonfinite or not math.isfinite(s.loss) or not math.isfinite(s.grad_norm_pre):
-            ep["nonfinite_steps"] += 1
+            e["nonfinite_steps"] += 1
             return self._fire("nonfinite", "nonfinite", s.step, loss=s.loss, grad_norm_pre=s.grad_norm_pre)
-        ep["grad_norm_pre_max"] = max(ep["grad_norm_pre_max"], s.grad_norm_pre)
-        ep["grad_norm_post_max"] = max(ep["grad_norm_post_max"], s.grad_norm_post)
-        ep["clip_ratio_max"] = max(ep["clip_ratio_max"], s.clip_ratio)
-        if s.loss_cpe == 0.0:
-            ep["cpe_zero"] += 1
-        if not self.cfg.enabled:
-            return None
-        c = self.cfg
-        if s.mem_rss_gb > c.mem_budget_gb:
-            return self._fire("memory_budget", "memory_budget", s.step, mem_rss_gb=s.mem_rss_gb,
-                              budget_gb=c.mem_budget_gb)
-        if self.cuda_total_gb and s.mem_cuda_peak_gb > c.cuda_mem_fraction * self.cuda_total_gb:
-            return self._fire("memory_budget", "memory_budget", s.step, mem_cuda_peak_gb=s.mem_cuda_peak_gb,
-                              budget_gb=c.cuda_mem_fraction * self.cuda_total_gb)
-        after_warmup = s.step >= self.warmup_steps
-        median = statistics.median(self.losses) if len(self.losses) >= 10 else None
-        checks = {
-            "grad_norm": (s.grad_norm_pre > c.grad_norm_max, "grad_explosion",
-                          dict(grad_norm_pre=s.grad_norm_pre, limit=c.grad_norm_max)),
-            "clip_ratio": (s.clip_ratio > c.clip_ratio_max, "grad_explosion",
-                           dict(grad_norm_pre=s.grad_norm_pre, grad_norm_post=s.grad_norm_post,
-                                ratio=s.clip_ratio, limit=c.clip_ratio_max)),
-            "loss_spike": (after_warmup and median is not None and s.loss > c.loss_spike_factor * median,
-                           "loss_spike", dict(loss=s.loss, running_median=median or 0.0, factor=c.loss_spike_factor)),
-            "dfl_divergence": (after_warmup and s.loss_dfl > c.dfl_max, "dfl_divergence",
-                               dict(loss_dfl=s.loss_dfl, limit=c.dfl_max)),
-        }
-        for rule, (bad, reason, values) in checks.items():
-            self.streaks[rule] = self.streaks[rule] + 1 if bad else 0
-            if self.streaks[rule] >= (c.loss_spike_patience if rule == "loss_spike" else c.patience):
-                return self._fire(rule, reason, s.step, steps=self.streaks[rule], **values)
-        self.losses.append(s.loss)
-        if self.cpe_active:
-            self.cpe_window.append(s.loss_cpe)
-            if len(self.cpe_window) == self.cpe_window.maxlen and all(v == 0.0 for v in self.cpe_window):
-                return self._fire("cpe_zero", "cpe_zero", s.step, window=len(self.cpe_window),
-                                  cpe_positives=s.cpe_positives)
+        e["grad_norm_pre_max"] = max(e["grad_norm_pre_max"], s.grad_norm_pre)
+        e["grad_norm_post_max"] = max(e["grad_norm_post_max"], s.grad_norm_post)
+        e["clip_ratio_max"] = max(e["clip_ratio_max"], s.clip_ratio)
+        if s.terms.get("cpe", 0.0) == 0.0:
+            e["cpe_zero"] += 1
+        verdict = self._check_rules(s) if self.cfg.enabled else None
+        # The histories take the step after the check: a step is judged against the past.
+        self.finite_steps += 1
+        self.losses.append(s.unweighted_loss)
+        self.grad_norms.append(s.grad_norm_pre)
+        return verdict
+
+    def _check_rules(self, s: StepStats) -> Verdict | None:
+        for rule in STEP_RULES:
+            values = rule.check(self, s)
+            self.streaks[rule.name] = self.streaks[rule.name] + 1 if values is not None else 0
+            patience = max(1, rule.patience(self.cfg))
+            if values is not None and self.streaks[rule.name] >= patience:
+                if patience > 1:
+                    values = {"steps": self.streaks[rule.name], **values}
+                return self._fire(rule.name, rule.reason, s.step, **values)
         return None
 
     # -- per epoch -----------------------------------------------------------------------
@@ -170,16 +275,16 @@ class HealthMonitor:
 
     def epoch_summary(self) -> dict[str, float]:
         """The health/* metrics of DESIGN.md for the epoch so far; resets the epoch counters."""
-        ep = self.ep
+        e = self.epoch_stats
         out = {
-            "health/grad_norm_pre_max": ep["grad_norm_pre_max"],
-            "health/grad_norm_post_max": ep["grad_norm_post_max"],
-            "health/clip_ratio_max": ep["clip_ratio_max"],
-            "health/nonfinite_steps": float(ep["nonfinite_steps"]),
-            "health/cpe_zero_frac": ep["cpe_zero"] / ep["steps"] if ep["steps"] else 0.0,
-            "health/mem_rss_gb": self.epoch_rss[-1] if self.epoch_rss else ep["rss"],
+            "health/grad_norm_pre_max": e["grad_norm_pre_max"],
+            "health/grad_norm_post_max": e["grad_norm_post_max"],
+            "health/clip_ratio_max": e["clip_ratio_max"],
+            "health/nonfinite_steps": float(e["nonfinite_steps"]),
+            "health/cpe_zero_frac": e["cpe_zero"] / e["steps"] if e["steps"] else 0.0,
+            "health/mem_rss_gb": self.epoch_rss[-1] if self.epoch_rss else e["rss"],
             "health/mem_rss_growth": self.rss_growth_pct(),
-            "health/mem_cuda_peak_gb": ep["cuda_peak"],
+            "health/mem_cuda_peak_gb": e["cuda_peak"],
         }
         self._reset_epoch()
         return out
@@ -189,11 +294,12 @@ class HealthMonitor:
 
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"losses": list(self.losses), "cpe_window": list(self.cpe_window), "streaks": dict(self.streaks),
-                "epoch_rss": list(self.epoch_rss)}
+        return {"losses": list(self.losses), "grad_norms": list(self.grad_norms), "finite_steps": self.finite_steps,
+                "streaks": dict(self.streaks), "epoch_rss": list(self.epoch_rss)}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses.extend(state["losses"])
-        self.cpe_window.extend(state["cpe_window"])
-        self.streaks.update(state["streaks"])
+        self.grad_norms.extend(state.get("grad_norms", ()))
+        self.finite_steps = int(state.get("finite_steps", len(self.losses)))
+        self.streaks.update({k: v for k, v in state["streaks"].items() if k in self.streaks})
         self.epoch_rss = list(state["epoch_rss"])

@@ -14,6 +14,17 @@ from pathlib import Path
 from refdet.engine.health import StepStats
 
 
+# The original log's labels (the monitoring checklist greps "CPE Loss" and "DFL loss").
+TERM_LABELS = {"bbox": "BBox loss", "cls": "Cls loss", "dfl": "DFL loss", "cpe": "CPE Loss"}
+
+
+def step_signals(s: StepStats) -> dict[str, float]:
+    """The per-step signals TensorBoard shows under step/* (a trial's trace, the CLI's run)."""
+    return {"step": float(s.step), "loss": s.loss, **{f"loss_{k}": v for k, v in s.terms.items()},
+            "grad_norm_pre": s.grad_norm_pre, "grad_norm_post": s.grad_norm_post, "lr": s.lr,
+            "num_fg": float(s.num_fg), "mem_rss_gb": s.mem_rss_gb, "mem_cuda_peak_gb": s.mem_cuda_peak_gb}
+
+
 class RunLog:
     def __init__(self, run_dir: str | Path | None, tensorboard: bool = True, log_every: int = 10):
         self.dir = Path(run_dir) if run_dir else None
@@ -32,29 +43,36 @@ class RunLog:
         if self._text:
             self._text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
-    def step(self, s: StepStats) -> None:
-        if s.step % self.log_every and s.step != 1 and not s.nonfinite:
+    def due(self, s: StepStats) -> bool:
+        """Steps that are logged: the first, every `log_every`-th, and any non-finite one."""
+        return s.step == 1 or s.step % self.log_every == 0 or s.nonfinite
+
+    def step(self, s: StepStats, force: bool = False) -> None:
+        if not (force or self.due(s)):
             return
+        terms = " | ".join(f"{TERM_LABELS.get(k, k + ' loss')} {v:.4f}" for k, v in s.terms.items())
         self.line(
-            f"epoch {s.epoch} step {s.step} | Total Loss {s.loss:.4f} | BBox loss {s.loss_bbox:.4f} | "
-            f"Cls loss {s.loss_cls:.4f} | DFL loss {s.loss_dfl:.4f} | CPE Loss {s.loss_cpe:.4f} "
-            f"(positives {s.cpe_positives}) | Total Grad Norm pre-clip {s.grad_norm_pre:.4g} "
+            f"epoch {s.epoch} step {s.step} | Total Loss {s.loss:.4f} | {terms} "
+            f"(positives {s.cpe_positives}, fg {s.num_fg}/{s.num_gt} gt) | Total Grad Norm pre-clip {s.grad_norm_pre:.4g} "
             f"post-clip {s.grad_norm_post:.4g}{' (clipped)' if s.clipped else ''} | lr {s.lr:.3g} | "
             f"RSS {s.mem_rss_gb:.2f} GB | CUDA peak {s.mem_cuda_peak_gb:.2f} GB | "
             f"step {s.step_time * 1000:.0f} ms (data {s.data_time * 1000:.0f} ms)"
         )
+        self.scalars(step_signals(s))
+
+    def scalars(self, row: dict[str, float]) -> None:
+        """One row of step signals to TensorBoard (step/* tags, x = the optimizer step)."""
         if self._tb:
-            for k in ("loss", "loss_dfl", "loss_cpe", "grad_norm_pre", "grad_norm_post", "lr", "mem_rss_gb"):
-                v = getattr(s, k)
-                if math.isfinite(v):
-                    self._tb.add_scalar(f"step/{k}", v, s.step)
+            for k, v in row.items():
+                if k != "step" and math.isfinite(v):
+                    self._tb.add_scalar(f"step/{k}", v, int(row["step"]))
 
     def epoch(self, metrics: dict, step: int) -> None:
         if self._jsonl:
             self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         if self._tb:
             for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
+                if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, int(metrics.get("epoch", step)))
             self._tb.flush()
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]

@@ -17,7 +17,8 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,26 +35,38 @@ from refdet.data.episodes import (
 )
 from refdet.data.frames import FrameCache
 from refdet.engine.checkpoint import load_checkpoint, save_checkpoint
-from refdet.engine.health import HealthMonitor, StepStats, Verdict
-from refdet.engine.runlog import RunLog
-from refdet.losses.criterion import TERMS, build_criterion
+from refdet.engine.health import HealthMonitor, StepStats, Verdict, longest_patience
+from refdet.engine.runlog import RunLog, step_signals
+from refdet.losses.criterion import build_criterion
 from refdet.metrics import ap50, mean_st_iou, recall50, top_box
 from refdet.model import build_model
 from refdet.ops.boxes import postprocess
 
 GB = 1024**3
+COUNTS = ("num_fg", "num_gt", "cpe_positives")  # criterion stats a StepStats carries
 
 
 @dataclass
 class EpochResult:
     """metrics: the flat dict of DESIGN.md (floats, plus the string health/stop_reason);
-    verdict: the fatal health verdict that ended training, if any."""
+    verdict: the fatal health verdict that ended training, if any; validated: this epoch measured
+    the val/* metrics (else they are carried forward); trace: the step signals kept for
+    TensorBoard (every log_every-th step and the last stretch before a stop)."""
 
     epoch: int
     step: int
     metrics: dict
     verdict: Verdict | None
     validated: bool
+    trace: list[dict] = field(default_factory=list)  # step signals (RunLog.step_signals) of the epoch
+
+
+OOM_ERRORS = (torch.cuda.OutOfMemoryError, MemoryError)
+
+
+def oom_verdict(exc: BaseException, step: int) -> Verdict:
+    """An out-of-memory error as a verdict: deterministic for a config, never retried."""
+    return Verdict("oom", "oom", step, {"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
 
 
 def host_rss_gb() -> float:
@@ -145,8 +158,7 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         # A GradScaler is needed for fp16 only; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        total_gb = torch.cuda.get_device_properties(self.device).total_memory / GB if cuda else 0.0
-        self.health = HealthMonitor(cfg.health, self.warmup_steps, cpe_active=cfg.stage == 2, cuda_total_gb=total_gb)
+        self.health = HealthMonitor(cfg.health, cpe_active=cfg.stage == 2, cuda_budget_gb=self.cuda_budget_gb())
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.val_metrics = {"val/st_iou": 0.0, "val/ap50": 0.0, "val/recall": 0.0}
@@ -154,6 +166,14 @@ class Trainer:
             self.load_weights(cfg.checkpoint)
 
     # -- construction ----------------------------------------------------------------------
+    def cuda_budget_gb(self) -> float:
+        """This run's CUDA budget: its share of the device (a trial's resources.gpu) x the
+        configured fraction, so a trial's verdict does not depend on what shares the GPU."""
+        if self.device.type != "cuda":
+            return 0.0
+        total = torch.cuda.get_device_properties(self.device).total_memory / GB
+        return self.cfg.health.cuda_mem_fraction * self.cfg.device_share * total
+
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)
@@ -221,9 +241,12 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         pre = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.gradient_clip_norm)
         # The one host sync of the step: every number the step reports, in one transfer.
-        numbers = torch.stack([loss.total.detach(), *(loss.terms[k].detach() for k in TERMS), pre,
-                               loss.stats["cpe_positives"].float(), loss.stats["num_fg"].float()]).tolist()
-        total, bbox, cls, dfl, cpe, pre_v, positives, num_fg = numbers
+        names = list(loss.terms)
+        numbers = torch.stack([loss.total.detach(), pre, *(loss.terms[k].detach().float() for k in names),
+                               *(loss.stats[k].float() for k in COUNTS)]).tolist()
+        total, pre_v = numbers[:2]
+        terms = dict(zip(names, numbers[2:2 + len(names)]))
+        counts = {k: int(v) for k, v in zip(COUNTS, numbers[2 + len(names):])}
         # Under fp16 AMP an inf gradient with a finite loss is GradScaler's overflow: it skips
         # the step and lowers its scale. That is routine, not a health event.
         amp_skipped = self.scaler.is_enabled() and math.isfinite(total) and not math.isfinite(pre_v)
@@ -242,8 +265,7 @@ class Trainer:
         post = pre_v * min(1.0, max_norm / (pre_v + 1e-6)) if math.isfinite(pre_v) else pre_v
         cuda = self.device.type == "cuda"
         return StepStats(
-            step=self.step, epoch=self.epoch + 1, loss=total, loss_bbox=bbox, loss_cls=cls, loss_dfl=dfl,
-            loss_cpe=cpe, cpe_positives=int(positives), num_fg=int(num_fg), grad_norm_pre=pre_v,
+            step=self.step, epoch=self.epoch + 1, loss=total, terms=terms, **counts, grad_norm_pre=pre_v,
             grad_norm_post=post, clipped=bool(pre_v > max_norm), nonfinite=nonfinite, amp_skipped=amp_skipped, lr=lr,
             mem_rss_gb=host_rss_gb(),
             mem_cuda_alloc_gb=torch.cuda.memory_allocated(self.device) / GB if cuda else 0.0,
@@ -292,39 +314,54 @@ class Trainer:
                                            pin_memory=self.device.type == "cuda")
 
     def train_epoch(self, progress=None) -> tuple[dict[str, float], Verdict | None]:
-        """Runs one epoch; stops within the step where a health rule fires."""
-        sums = dict.fromkeys(TERMS, 0.0) | {"loss": 0.0}
+        """Runs one epoch; stops within the step where a health rule fires. An out-of-memory
+        error anywhere in the epoch (a batch, a step) is an `oom` verdict."""
+        sums: dict[str, float] = {}
         n = 0
+        self.trace, self.recent = [], deque(maxlen=longest_patience(self.cfg.health))
         verdict = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # peak per epoch window
-        t_data = time.perf_counter()
-        for batch in self.loader(self.epoch):
-            data_time = time.perf_counter() - t_data
-            try:
-                stats = self.train_step(batch, data_time)
-            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-                verdict = self._oom(exc)
-                break
-            self.log.step(stats)
-            verdict = self.health.update(stats)
-            if not stats.nonfinite:
-                n += 1
-                for k in TERMS:
-                    sums[k] += getattr(stats, f"loss_{k}")
-                sums["loss"] += stats.loss
-            if progress is not None:
-                progress(stats)
-            if verdict is not None:
-                break
+        try:
             t_data = time.perf_counter()
-        means = {f"train/loss_{k}": sums[k] / max(n, 1) for k in TERMS} | {"train/loss": sums["loss"] / max(n, 1)}
-        return means, verdict
+            for batch in self.loader(self.epoch):
+                stats = self.train_step(batch, time.perf_counter() - t_data)
+                self.log.step(stats)
+                verdict = self.health.update(stats)
+                self._trace(stats, final=verdict is not None)
+                if not stats.nonfinite:
+                    n += 1
+                    for k, v in {"loss": stats.loss, **{f"loss_{t}": x for t, x in stats.terms.items()}}.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                if progress is not None:
+                    progress(stats)
+                if verdict is not None:
+                    break
+                t_data = time.perf_counter()
+        except OOM_ERRORS as exc:
+            verdict = self._oom(exc)
+        return {f"train/{k}": v / max(n, 1) for k, v in sums.items()}, verdict
+
+    def _trace(self, s: StepStats, final: bool) -> None:
+        """Keep the step signals for the epoch's report: every `log_every`-th step, and every
+        step of the last stretch before a stop (what a health rule looked at)."""
+        row = step_signals(s)
+        if self.log.due(s):
+            self.trace.append(row)
+        self.recent.append(row)
+        if final:
+            seen = {r["step"] for r in self.trace}
+            self.trace.extend(r for r in self.recent if r["step"] not in seen)
+            self.trace.sort(key=lambda r: r["step"])
+            for r in self.recent:
+                if r["step"] % self.log.log_every and r["step"] != 1:
+                    self.log.scalars(r)
 
     def _oom(self, exc: BaseException) -> Verdict:
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
         release_memory(self.device)
-        return Verdict("oom", "oom", self.step + 1, {"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        return oom_verdict(exc, self.step + 1)
 
     def fit(self, progress=None) -> Iterator[EpochResult]:
         """Trains from the current epoch to cfg.epochs, yielding after each epoch; ends after
@@ -346,19 +383,23 @@ class Trainer:
             try:
                 self.val_metrics = self.evaluate()
                 validated = True
-            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            except OOM_ERRORS as exc:
                 verdict = self._oom(exc)
         leak = self.health.end_epoch(self.epoch, self.step, host_rss_gb())
         verdict = verdict or leak
-        metrics = self.epoch_metrics(train_metrics, verdict)
+        metrics = self.epoch_metrics(train_metrics, verdict, validated)
         self.log.epoch(metrics, self.step)
         if verdict is not None:
             self.log.line(verdict.message)
-        return EpochResult(self.epoch, self.step, metrics, verdict, validated)
+        return EpochResult(self.epoch, self.step, metrics, verdict, validated, self.trace)
 
-    def epoch_metrics(self, train_metrics: dict, verdict: Verdict | None) -> dict:
+    def epoch_metrics(self, train_metrics: dict, verdict: Verdict | None, validated: bool) -> dict:
         m = dict(train_metrics)
-        m.update(self.val_metrics)  # carried forward between validations
+        # Carried forward between validations (Tune needs the metric in every report);
+        # val/fresh says whether this epoch measured it. Only fresh values reach ASHA and
+        # Optuna: a space's rungs must fall on validated epochs (tune/space.py).
+        m.update(self.val_metrics)
+        m["val/fresh"] = 1.0 if validated else 0.0
         m["lr"] = self.optimizer.param_groups[0]["lr"]
         m["epoch"] = float(self.epoch)
         m.update(self.health.epoch_summary())

@@ -25,7 +25,8 @@ TERMS = ("bbox", "cls", "dfl", "cpe")
 @dataclass
 class LossOutput:
     """total: weighted sum (0-dim, with grad); terms: unweighted bbox/cls/dfl/cpe (0-dim);
-    stats: diagnostics, detached 0-dim tensors: num_fg (matched anchors), target_scores_sum,
+    stats: diagnostics, detached 0-dim tensors: num_fg (matched anchors), num_gt (ground-truth
+    boxes), target_scores_sum,
     cpe_positives, cpe_proposals."""
 
     total: torch.Tensor
@@ -80,7 +81,7 @@ class RefDetLoss(nn.Module):
         loss_dfl = (dfl_loss(box_logits[fg].view(-1, 4, self.reg_max), target_dist) * weight).sum() / tss
 
         zero = box_logits.new_zeros(())
-        stats = {"num_fg": fg.sum().detach(), "target_scores_sum": tss.detach(),
+        stats = {"num_fg": fg.sum().detach(), "num_gt": gt_mask.sum().detach(), "target_scores_sum": tss.detach(),
                  "cpe_positives": zero.detach(), "cpe_proposals": zero.detach()}
         loss_cpe = zero
         if self.use_cpe:
