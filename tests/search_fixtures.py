@@ -7,9 +7,11 @@ from conftest import tiny_train_config
 
 
 def write_space(tmp_path: Path, dataset: Path, name: str, num_samples: int, max_t: int = 3, lr_high: float = 1.0,
-                initial_lr: float = 0.9, initial_clip: float = 0.1, steps: int = 4, resources=None, max_concurrent: int = 2, **extra) -> Path:
+                initial_lr: float = 0.9, initial_clip: float = 10.0, steps: int = 4, resources=None, max_concurrent: int = 2, metric: str = "val/st_iou", mode: str = "max",
+                **extra) -> Path:
     base = tiny_train_config(dataset, None, **{"steps_per_epoch": steps, "data.val_frame_stride": 8,
-                                               "health.patience": 2, "health.grad_norm_max": 1000.0})
+                                               "health.patience": 2, "health.grad_norm_max": 1000.0,
+                                               "health.dead_window": 4})
     space = {
         "name": name,
         "base": base.to_dict(),
@@ -19,7 +21,7 @@ def write_space(tmp_path: Path, dataset: Path, name: str, num_samples: int, max_
             "optim.warmup_epochs": {"type": "int", "low": 0, "high": 1},
             "optim.lr": {"type": "loguniform", "low": 1e-4, "high": lr_high},
         },
-        "search": {"metric": "val/st_iou", "mode": "max", "num_samples": num_samples, "max_concurrent": max_concurrent, "seed": 3,
+        "search": {"metric": metric, "mode": mode, "num_samples": num_samples, "max_concurrent": max_concurrent, "seed": 3,
                    "initial_points": [{"optim.gradient_clip_norm": initial_clip, "loss.dfl_weight": 0.75,
                                        "optim.warmup_epochs": 0, "optim.lr": initial_lr}]},
         "scheduler": {"type": "asha", "max_t": max_t, "grace_period": 1, "reduction_factor": 2},

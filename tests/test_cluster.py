@@ -32,6 +32,24 @@ def cluster(monkeypatch):
     shutil.rmtree(d, ignore_errors=True)
 
 
+def attempts(exp) -> list[tuple[tuple[str, str], float, float]]:
+    """Each run of a trial, from its training.log: ((node, CUDA_VISIBLE_DEVICES), first, last time)."""
+    out = []
+    for log in exp.glob("*/refdet/training.log"):
+        where, t0, t1 = None, 0.0, 0.0
+        for line in log.read_text().splitlines():
+            ts = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            m = re.search(r"trial on node (\S+) device \S+ CUDA_VISIBLE_DEVICES=(\S*)", line)
+            if m:
+                if where is not None:
+                    out.append((where, t0, t1))
+                where, t0 = (m.group(1), m.group(2)), ts
+            t1 = ts
+        if where is not None:
+            out.append((where, t0, t1))
+    return out
+
+
 def test_search_survives_losing_a_worker(tiny_dataset, tmp_path, cluster):
     import ray
 
@@ -70,10 +88,11 @@ def test_search_survives_losing_a_worker(tiny_dataset, tmp_path, cluster):
     assert not [r for r in rows if r["stop_reason"] in ("error", "running")], rows  # none lost, none errored
     # the removal killed running trials, which resumed elsewhere from their checkpoints
     assert list(exp.glob("*/error.txt"))
-    # gpu: 0.5 packed two trials onto one logical GPU: same node, same CUDA_VISIBLE_DEVICES
-    placements = []
-    for log in exp.glob("*/refdet/training.log"):
-        m = re.search(r"trial on node (\S+) device \S+ CUDA_VISIBLE_DEVICES=(\S*)", log.read_text())
-        placements.append((m.group(1), m.group(2)))
-    assert all(cvd != "" for _, cvd in placements)  # every trial was given a GPU
-    assert len(set(placements)) < len(placements), placements
+    # gpu: 0.5 packed two trials onto one logical GPU at once (same node, same
+    # CUDA_VISIBLE_DEVICES, overlapping in time) before the node was removed
+    runs = attempts(exp)
+    assert runs and all(where[1] != "" for where, _, _ in runs), runs  # every trial was given a GPU
+    before = [r for r in runs if r[1] < removed["at"]]
+    together = [(a, b) for i, a in enumerate(before) for b in before[i + 1:]
+                if a[0] == b[0] and a[1] <= b[2] and b[1] <= a[2]]
+    assert together, runs

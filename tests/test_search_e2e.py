@@ -14,8 +14,9 @@ from search_fixtures import write_space
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-HEALTH = {"oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "cpe_zero", "memory_budget",
-          "memory_leak"}
+PENALTY = 1e6  # what a health-stopped trial reports for a metric minimised
+HEALTH = {"oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "dead_detector", "cpe_zero",
+          "memory_budget", "memory_leak"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,11 @@ def search(ray_local, tiny_dataset, tmp_path_factory):
     from tune.run import main
 
     tmp = tmp_path_factory.mktemp("search")
-    space = write_space(tmp, tiny_dataset, "e2e", num_samples=6)
+    # train/loss (min): it differs between trials from the first epoch, so ASHA's first rung
+    # really separates them (a validation metric of this tiny budget ties at 0.0)
+    # The first (enqueued) trial has lr 20: its detector dies within 5 steps.
+    space = write_space(tmp, tiny_dataset, "e2e", num_samples=6, metric="train/loss", mode="min", steps=6,
+                        initial_lr=20.0, lr_high=30.0)
     rc = main(["--space", str(space), "--storage", str(tmp / "results"), "--report-every", "5"])
     return rc, tmp / "results" / "e2e", space
 
@@ -58,9 +63,9 @@ def test_search_runs_and_stops_unhealthy_trials(search):
     assert len(rows) == 6
     reasons = [r["stop_reason"] for r in rows]
     assert set(reasons) & HEALTH, reasons
-    # the enqueued first trial (clip 0.1: pre/post clip ratio in the hundreds) is stopped in epoch 1
-    first = next(r for r in rows if float(r["optim.lr"]) == 0.9)
-    assert first["stop_reason"] in HEALTH and int(first["epochs"]) == 1
+    # the enqueued first trial (lr 20: every anchor scored 0 by step 5) is stopped in epoch 1
+    first = next(r for r in rows if float(r["optim.lr"]) == 20.0)
+    assert first["stop_reason"] == "dead_detector" and int(first["epochs"]) == 1
     for r in rows:
         if r["stop_reason"] == "completed":
             assert int(r["epochs"]) == 3
@@ -68,10 +73,21 @@ def test_search_runs_and_stops_unhealthy_trials(search):
             assert int(r["epochs"]) < 3
 
 
+def test_journal_holds_every_kind_of_outcome(search):
+    """Read from the Optuna journal alone, not through report.py's labels."""
+    _, exp, _ = search
+    trials = journal(exp).get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    infeasible = [t for t in trials if t.state == TrialState.COMPLETE and t.constraints.get("health", 0) > 0]
+    feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.constraints.get("health", 1) == 0]
+    assert pruned and infeasible and feasible, [(t.state, t.constraints) for t in trials]
+    assert all(max(t.intermediate_values) < 3 for t in pruned)
+
+
 def test_journal_states_match_what_happened(search):
     _, exp, _ = search
     study = journal(exp)
-    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials() if "retry_of" not in t.user_attrs}
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials()}  # the newest record of each
     rows = leaderboard(exp)
     assert len(by_id) == len(rows)
     for r in rows:
@@ -82,18 +98,21 @@ def test_journal_states_match_what_happened(search):
         elif reason == "asha":
             assert t.state == TrialState.PRUNED and max(t.intermediate_values) == int(r["epochs"])
         elif reason in HEALTH:
-            assert t.state == TrialState.COMPLETE and t.constraints == {"health": 1.0} and t.value == 0.0
+            assert t.state == TrialState.COMPLETE and t.constraints == {"health": 1.0} and t.value == PENALTY
         else:
             assert t.state == TrialState.FAIL
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
     first = study.get_trials()[0]
-    assert first.params["optim.lr"] == 0.9  # the known-good point is enqueued first
+    assert first.params["optim.lr"] == 20.0  # the initial point is enqueued first
 
 
 def test_tensorboard_one_run_per_trial_with_hparams(search):
+    import json
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, exp, _ = search
+    rows = {r["trial_id"]: r for r in leaderboard(exp)}
     trial_dirs = [p.parent for p in exp.glob("*/params.json")]
     assert len(trial_dirs) == 6
     for d in trial_dirs:
@@ -103,12 +122,22 @@ def test_tensorboard_one_run_per_trial_with_hparams(search):
         acc.Reload()
         scalars = set(acc.Tags()["scalars"])
         assert {"val/st_iou", "train/loss_dfl", "health/grad_norm_pre_max", "lr"} <= scalars
-        assert not [s for s in scalars if s.startswith("ray/tune")]
+        assert {"step/loss", "step/loss_dfl", "step/grad_norm_pre", "step/grad_norm_post", "step/lr",
+                "step/mem_rss_gb"} <= scalars
+        assert "epoch" not in scalars and not [s for s in scalars if s.startswith("ray/tune")]
         content = acc.PluginTagToContent("hparams")
         assert "_hparams_/session_start_info" in content
         start = content["_hparams_/session_start_info"]
-        for key in ("optim.gradient_clip_norm", "loss.dfl_weight", "optim.warmup_epochs", "optim.lr"):
+        for key in ("optim.gradient_clip_norm", "loss.dfl_weight", "optim.warmup_epochs", "optim.lr", "stop_reason",
+                    "stop_step"):
             assert key.encode() in start
+        row = rows[json.loads((d / "result.json").read_text().splitlines()[-1])["trial_id"]]
+        assert row["stop_reason"].encode() in start  # the HParams column says why the trial ended
+        if row["stop_reason"] in HEALTH:
+            # every step of the stretch the rule looked at is in TensorBoard
+            steps = [e.step for e in acc.Scalars("step/loss")]
+            stop = json.loads((d / "result.json").read_text().splitlines()[-1])["health/step"]
+            assert int(stop) in steps and all(s in steps for s in range(max(1, int(stop) - 3), int(stop) + 1))
 
 
 def test_report_files_and_best_config(search):
@@ -178,6 +207,6 @@ def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local):
     assert "confirmed over 2 new seeds" in text
     means = {c["source_trial"]: c["mean"] for c in confirm}
     best_id = text.splitlines()[1].split()[2].rstrip(":")
-    assert means[best_id] == max(means.values())
+    assert means[best_id] == min(means.values())
     seeds = {json.loads(p.read_text())["seed"] for p in (exp / "confirm").glob("*/params.json")}
     assert seeds == {1000, 1001}

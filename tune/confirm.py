@@ -44,7 +44,7 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
             run_config=tune.RunConfig(name="confirm", storage_path=str(exp), verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      callbacks=[TrialTensorBoard(["candidate", "seed"])]),
+                                      callbacks=[TrialTensorBoard(["candidate", "seed"], max_t=spec.max_t)]),
         )
         grid = tuner.fit()
     finally:

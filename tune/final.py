@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                run_config=tune.RunConfig(name="final", storage_path=str(exp),
                                                          failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                                         callbacks=[TrialTensorBoard([])], verbose=1))
+                                                         callbacks=[TrialTensorBoard([], max_t=cfg.epochs)], verbose=1))
         result = tuner.fit()[0]
     finally:
         if started:

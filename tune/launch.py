@@ -131,7 +131,7 @@ def run_search(spec: SearchSpec, args) -> int:
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     progress_reporter=make_reporter(spec, args.report_every), verbose=1,
-                    callbacks=[TrialTensorBoard(list(spec.params))],
+                    callbacks=[TrialTensorBoard(list(spec.params), max_t=spec.max_t)],
                 ),
             )
         # Ray's own hint on Ctrl-C ("Tuner.restore(...)") is replaced by our --resume line.

@@ -57,7 +57,8 @@ class RefDetOptunaSearch(OptunaSearch):
         self._last_seen[trial_id] = it
         value = result.get(self.metric)
         ot_trial = self._ot_trials.get(trial_id)
-        fresh = result.get("val/fresh", 1.0)  # a carried-forward validation value is not a new measurement
+        # a carried-forward validation value is not a new measurement
+        fresh = result.get("val/fresh", 1.0) if self.metric.startswith("val/") else 1.0
         if ot_trial is not None and fresh and _finite(value) and trial_id not in self._completed_trials:
             try:
                 ot_trial.report(float(value), it)

@@ -1,0 +1,99 @@
+"""Ctrl-C of a real search, then --resume to the end: tune/run.py in a subprocess (its own
+local Ray), SIGINT sent while trials are running."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from search_fixtures import write_space
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES, MAX_T = 4, 3
+
+
+def run_py(*args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(ROOT / "tune" / "run.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def result_rows(exp: Path) -> dict[str, list[dict]]:
+    out = {}
+    for f in exp.glob("*/result.json"):
+        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if rows:
+            out[rows[-1]["trial_id"]] = rows
+    return out
+
+
+def newest_records(exp: Path) -> dict:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="intr", storage=JournalStorage(JournalFileBackend(str(exp / "optuna.log"))))
+    return {t.user_attrs["ray_trial_id"]: t for t in study.get_trials() if "ray_trial_id" in t.user_attrs}
+
+
+def check_told_states(exp: Path) -> None:
+    """Every told state is what the trial's own result rows show."""
+    rows = result_rows(exp)
+    for rid, t in newest_records(exp).items():
+        last = rows.get(rid, [{}])[-1]
+        it = int(last.get("training_iteration", 0))
+        if t.state == TrialState.COMPLETE and t.constraints.get("health", 0) == 0:
+            assert it == MAX_T and t.value == last["val/st_iou"], (rid, it)
+        elif t.state == TrialState.COMPLETE:
+            assert last.get("health/fatal") == 1.0, rid
+        elif t.state == TrialState.PRUNED:
+            assert it < MAX_T and not last.get("health/fatal"), rid
+
+
+def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_dataset, tmp_path):
+    space = write_space(tmp_path, tiny_dataset, "intr", num_samples=SAMPLES, max_t=MAX_T, steps=10,
+                        initial_lr=2e-3, lr_high=1e-2)
+    exp = tmp_path / "results" / "intr"
+    proc = run_py("--space", str(space), "--storage", "results", "--report-every", "5", cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # mid-trial: some epoch reported
+        if any(len(r) >= 1 for r in result_rows(exp).values()) if exp.is_dir() else False:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    line = next(x for x in err.splitlines() if x.startswith("interrupted:"))
+    finished = int(line.split()[1])
+    assert finished < SAMPLES and f"of {SAMPLES} trials finished" in line
+    assert line.endswith(f"python tune/run.py --space {space} --name intr --storage results --resume")
+    assert not (exp / "best_config.yaml").exists()
+    assert "Interrupted" in (exp / "summary.md").read_text()
+    assert "Tuner.restore" not in err
+    check_told_states(exp)  # nothing partial was told as an outcome
+    running = [t for t in newest_records(exp).values() if t.state == TrialState.RUNNING]
+    assert running, "a trial was mid-run at the Ctrl-C"
+
+    proc = run_py("--space", str(space), "--storage", "results", "--resume", cwd=tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    rows = result_rows(exp)
+    assert len(rows) == SAMPLES
+    for rid, rs in rows.items():
+        its = [r["training_iteration"] for r in rs]
+        assert its == list(range(1, len(its) + 1)), (rid, its)  # no epoch ran twice
+    with open(exp / "leaderboard.csv") as fh:
+        board = list(csv.DictReader(fh))
+    assert len(board) == SAMPLES and "running" not in {r["stop_reason"] for r in board}
+    assert (exp / "best_config.yaml").is_file()
+    records = newest_records(exp)
+    assert len(records) == SAMPLES and not [t for t in records.values() if t.state == TrialState.RUNNING]
+    check_told_states(exp)
