@@ -210,3 +210,15 @@ def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local):
     assert means[best_id] == min(means.values())
     seeds = {json.loads(p.read_text())["seed"] for p in (exp / "confirm").glob("*/params.json")}
     assert seeds == {1000, 1001}
+
+
+def test_a_trial_no_node_can_fit_is_refused_before_anything_runs(ray_local, tiny_dataset, tmp_path, capsys):
+    from tune.run import main
+
+    space = write_space(tmp_path, tiny_dataset, "toobig", num_samples=2)
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--set", "resources.cpu=64",
+               "--set", "resources.gpu=0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs 64 CPU and 0.5 GPU" in err and "2 CPU, 0 GPU" in err
+    assert "--set resources.cpu=2 --set resources.gpu=0" in err
+    assert not (tmp_path / "results" / "toobig").exists()  # nothing half-written

@@ -107,12 +107,13 @@ def run_search(spec: SearchSpec, args) -> int:
     from tune.tb import TrialTensorBoard
     from tune.trainable import refdet_trainable
 
-    if exp_local is not None:
-        exp_local.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            write_space(spec, exp_local / "space.yaml")
     started = init_ray(args.address)
     try:
+        check_schedulable(spec, remote=bool(args.address))  # before anything is written to results/
+        if exp_local is not None:
+            exp_local.mkdir(parents=True, exist_ok=True)
+            if not args.resume:
+                write_space(spec, exp_local / "space.yaml")
         trainable = tune.with_resources(tune.with_parameters(refdet_trainable, spec=spec),
                                         {"cpu": spec.cpu, "gpu": spec.gpu})
         if args.resume:
@@ -143,6 +144,30 @@ def run_search(spec: SearchSpec, args) -> int:
         if started:
             ray.shutdown()
     return finish(spec, results, exp_local, storage, elapsed, args)
+
+
+def check_schedulable(spec: SearchSpec, remote: bool) -> None:
+    """Before the first trial: can any node ever run one? Without this, Tune prints a table
+    of PENDING trials every few seconds and waits forever."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    res = [n.get("Resources", {}) for n in nodes]
+    if any(r.get("CPU", 0) >= spec.cpu and r.get("GPU", 0) >= spec.gpu for r in res):
+        return
+    have = "; ".join(f"{n.get('NodeManagerAddress', '?')}: {r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU"
+                     for n, r in zip(nodes, res)) or "none"
+    need = f"a trial needs {spec.cpu:g} CPU and {spec.gpu:g} GPU (resources in {spec.path.name})"
+    if remote:  # a cluster may have an autoscaler that adds a node of the right type
+        print(f"warning: no node of this cluster can run a trial now: {need}; nodes: {have}. "
+              "The trials wait until an autoscaler adds such a node (Ctrl-C to stop).", file=sys.stderr)
+        return
+    cpus = max((r.get("CPU", 0) for r in res), default=0)
+    gpus = max((r.get("GPU", 0) for r in res), default=0)
+    fix = f"--set resources.cpu={min(spec.cpu, cpus):g}" + (f" --set resources.gpu={min(spec.gpu, gpus):g}"
+                                                             if spec.gpu > gpus else "")
+    raise ExperimentError(f"no node can ever run a trial: {need}; this machine has {have}. "
+                          f"Run with {fix}, or on a cluster with --address")
 
 
 def check_data(spec: SearchSpec, remote: bool) -> None:

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--address", default=None, help="Ray cluster address for --confirm-top")
     args = ap.parse_args(argv)
-    exp = Path(args.experiment)
+    exp = Path(args.experiment).resolve()  # Ray and pyarrow need absolute paths
     if not exp.is_dir():
         print(f"error: {exp}: {'not a folder' if exp.exists() else 'no such folder'}", file=sys.stderr)
         return 2

@@ -100,11 +100,34 @@ def apply_cli(spec, args):
             changes[field] = v
     if args.confirm_top < 0 or args.seeds < 1:
         raise SpaceError("--confirm-top must be >= 0 and --seeds >= 1")
-    if args.set:
-        changes["base"] = override_base(spec, args.set, args.resume)
+    base_items = [x for x in args.set if not x.startswith("resources.")]
+    for item in args.set:
+        if item.startswith("resources."):
+            changes.update(override_resource(item, args.resume))
+    if base_items:
+        changes["base"] = override_base(spec, base_items, args.resume)
     spec = replace(spec, **changes) if changes else spec
     check_rungs_validated(spec)
     return spec
+
+
+def override_resource(item: str, resume: bool) -> dict:
+    """--set resources.cpu=N / resources.gpu=F: a trial's Ray resources."""
+    key, _, value = item.partition("=")
+    name = key.removeprefix("resources.")
+    if name not in ("cpu", "gpu") or not value:
+        raise SpaceError(f"--set {item}: expected resources.cpu=N or resources.gpu=F")
+    if resume:
+        raise SpaceError("--set: a resumed search keeps the resources it started with")
+    try:
+        v = float(value)
+    except ValueError:
+        raise SpaceError(f"--set {key}: expected a number, got {value!r}") from None
+    if not (v > 0 if name == "cpu" else v >= 0) or v != v or v == float("inf"):
+        raise SpaceError(f"--set {key}: must be {'> 0' if name == 'cpu' else '>= 0'} (got {value})")
+    if name == "gpu" and v > 1 and not v.is_integer():
+        raise SpaceError(f"--set {key}: fractions are for sharing one GPU (<= 1), got {value}")
+    return {name: v}
 
 
 def override_base(spec, items: list[str], resume: bool):
