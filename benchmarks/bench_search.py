@@ -50,12 +50,12 @@ def list_schedule_makespan(durations: list[float], slots: int) -> float:
 
 
 def analyse(exp: Path, wall: float) -> dict:
-    from tune.report import collect_trials
+    from tune.results import collect_trials
     from tune.space import load_space
 
     spec = load_space(str(exp / "space.yaml"))
     rows = collect_trials(exp, spec)
-    from tune.report import _start_order
+    from tune.results import _start_order
 
     busy, startups, doomed, durations = 0.0, [], [], []
     for tdir in sorted((p.parent for p in exp.glob("*/params.json")), key=_start_order):

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from refdet.config import TrainConfig  # noqa: E402
-from refdet.engine.trainer import Trainer, cpu_threads  # noqa: E402
+from refdet.engine.device import cpu_threads  # noqa: E402
+from refdet.engine.trainer import Trainer  # noqa: E402
 
 
 def preset(root: Path, size: int, **over) -> TrainConfig:

@@ -75,7 +75,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # Imported late: argument errors answer without loading torch.
-    from refdet.data.aeroeyes import DatasetError
+    from refdet.data import DatasetError
     from refdet.engine.checkpoint import CheckpointError
 
     try:
@@ -89,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if cfg.debug_mode:
-        trainer.log.log_every = 1
     cfg.to_yaml(out / "config.yaml", header="config of this run (python -m refdet.train --config this file)")
     print(trainer.dataset_summary)
     print(f"training on {trainer.device}: {cfg.epochs} epochs x {cfg.steps_per_epoch} steps, output in {out}")
@@ -103,22 +101,38 @@ def main(argv: list[str] | None = None) -> int:
         trainer.close()
 
 
+class EpochBars:
+    """A tqdm bar per epoch, fed by the trainer's per-step callback."""
+
+    def __init__(self, cfg: TrainConfig, enabled: bool):
+        self.cfg, self.enabled, self.bar, self.epoch = cfg, enabled, None, None
+
+    def __call__(self, s) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or s.epoch != self.epoch:
+            self.close()
+            self.epoch = s.epoch
+            self.bar = tqdm(total=self.cfg.steps_per_epoch, desc=f"epoch {s.epoch}/{self.cfg.epochs}",
+                            disable=not self.enabled, leave=True, dynamic_ncols=True)
+        self.bar.update(1)
+        if s.step % 5 == 0:
+            self.bar.set_postfix(loss=f"{s.loss:.3f}", **{k: f"{v:.3f}" for k, v in s.terms.items()},
+                                 gnorm=f"{s.grad_norm_pre:.3g}", rss=f"{s.mem_rss_gb:.2f}GB", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def run(trainer, cfg: TrainConfig, out: Path, progress: bool = True) -> int:
-    from tqdm import tqdm
-
-    best = -1.0
-    while trainer.epoch < cfg.epochs:
-        bar = tqdm(total=cfg.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=True, dynamic_ncols=True)
-
-        def on_step(s, bar=bar):
-            bar.update(1)
-            if s.step % 5 == 0:
-                bar.set_postfix(loss=f"{s.loss:.3f}", **{k: f"{v:.3f}" for k, v in s.terms.items()},
-                                gnorm=f"{s.grad_norm_pre:.3g}", rss=f"{s.mem_rss_gb:.2f}GB", refresh=False)
-
-        result = trainer.run_epoch(on_step)
-        bar.close()
+    """Trainer.fit with the CLI's console and checkpoints: last.pt every epoch, best.pt on a
+    better validated ST-IoU."""
+    bars = EpochBars(cfg, progress)
+    best = None
+    for result in trainer.fit(progress=bars):
+        bars.close()
         m = result.metrics
         print(f"epoch {result.epoch}: loss {m['train/loss']:.4f} | val/st_iou {m['val/st_iou']:.4f} "
               f"ap50 {m['val/ap50']:.4f} recall {m['val/recall']:.4f} | lr {m['lr']:.3g} | "
@@ -127,10 +141,11 @@ def run(trainer, cfg: TrainConfig, out: Path, progress: bool = True) -> int:
             print(f"stopped: {result.verdict.message}", file=sys.stderr)
             return EXIT_HEALTH
         trainer.save(out / "last.pt")
-        if result.validated and m["val/st_iou"] > best:
+        if result.validated and (best is None or m["val/st_iou"] > best):
             best = m["val/st_iou"]
             trainer.save(out / "best.pt")
-    print(f"done: best val/st_iou {max(best, 0.0):.4f}; checkpoints in {out}")
+    bars.close()
+    print(f"done: best val/st_iou {best or 0.0:.4f}; checkpoints in {out}")
     return EXIT_OK
 
 

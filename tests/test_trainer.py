@@ -7,7 +7,8 @@ import torch
 from refdet.config import ConfigError
 from refdet.engine.checkpoint import CheckpointError, load_checkpoint
 from refdet.engine.health import STOP_REASONS
-from refdet.engine.trainer import Trainer, lr_lambda
+from refdet.engine.optim import lr_lambda
+from refdet.engine.trainer import Trainer
 
 DESIGN_KEYS = {"train/loss", "train/loss_bbox", "train/loss_cls", "train/loss_dfl", "train/loss_cpe", "val/st_iou",
                "val/ap50", "val/recall", "lr", "epoch", "health/grad_norm_pre_max", "health/grad_norm_post_max",

@@ -11,7 +11,13 @@ import math
 import statistics
 from pathlib import Path
 
+from ray import tune
+
 from refdet.config import atomic_write_text
+from tune.results import collect_trials
+from tune.session import ray_session, run_config
+from tune.tb import TrialTensorBoard
+from tune.trainable import confirm_trainable
 
 SEED_BASE = 1000  # confirmation seeds: 1000, 1001, ... (searches use small seeds)
 
@@ -21,7 +27,7 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
     from ray import tune
 
     from tune.launch import init_ray
-    from tune.report import collect_trials
+    from tune.results import collect_trials
     from tune.tb import TrialTensorBoard
     from tune.trainable import confirm_trainable
 
@@ -32,8 +38,7 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
         print("confirm: no healthy trial to confirm")
         return []
     candidates = [r.params for r in top]
-    started = init_ray(address)
-    try:
+    with ray_session(address):
         trainable = tune.with_resources(tune.with_parameters(confirm_trainable, spec=spec, candidates=candidates),
                                         {"cpu": spec.cpu, "gpu": spec.gpu})
         tuner = tune.Tuner(
@@ -41,15 +46,10 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
             param_space={"candidate": tune.grid_search(list(range(len(candidates)))),
                          "seed": tune.grid_search([SEED_BASE + i for i in range(seeds)])},
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name="confirm", storage_path=str(exp), verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=2),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      callbacks=[TrialTensorBoard(["candidate", "seed"], max_t=spec.max_t)]),
+            run_config=run_config("confirm", str(exp), keep=1,
+                                  callbacks=[TrialTensorBoard(["candidate", "seed"], max_t=spec.max_t)]),
         )
         grid = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
     values: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
     for res in grid:
         if res.error or res.metrics_dataframe is None or res.config is None:

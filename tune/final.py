@@ -39,15 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import ray
+    import ray  # after the argument checks: a user's mistake does not wait for Ray
     from ray import tune
 
-    from tune.launch import init_ray
+    from tune.session import ray_session, run_config
     from tune.tb import TrialTensorBoard
     from tune.trainable import final_trainable
 
-    started = init_ray(args.address)
-    try:
+    with ray_session(args.address):
         res = ray.cluster_resources()
         gpu = 1 if res.get("GPU", 0) >= 1 else 0
         cpu = args.cpus or max(1.0, min(8.0, res.get("CPU", 1)))
@@ -60,14 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             tuner = tune.Tuner.restore(str(final_dir), trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=1),
-                               run_config=tune.RunConfig(name="final", storage_path=str(exp),
-                                                         failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                                         callbacks=[TrialTensorBoard([], max_t=cfg.epochs)], verbose=1))
+                               run_config=run_config("final", str(exp), max_failures=args.max_failures,
+                                                     callbacks=[TrialTensorBoard([], max_t=cfg.epochs)]))
         result = tuner.fit()[0]
-    finally:
-        if started:
-            ray.shutdown()
     if result.error:
         print(f"error: the final run failed: {result.error}", file=sys.stderr)
         return 1

@@ -1,325 +1,25 @@
-"""What a search hands back: leaderboard, summary, health report, plots, best_config.yaml.
+"""Write (or rewrite) the report of a search; optionally confirm its best configs first.
 
-    python tune/report.py results/<name>      # also on a running or interrupted search
+    python tune/report.py results/<name>                          # also on a running or interrupted search
+    python tune/report.py results/<name> --confirm-top 2 --seeds 3
 
-Reads the Ray trial folders (params.json, result.json: one JSON line per reported epoch),
-the saved space.yaml and the Optuna journal (optuna.log). Writes, atomically:
-  leaderboard.csv, summary.md   every trial: params, best and last metric, epochs, compute
-                                time, stop reason; totals by reason; trial-epochs saved
-  health_report.md              for each health-stopped trial: rule, step, values
-  plots/*.png                   optimisation history, parameter importances, one scatter per
-                                parameter coloured by stop reason
-  best_config.yaml              the best trial's full TrainConfig with epochs = final_epochs
-
-Best trial: the highest (mode max) best-over-epochs validation value among trials that were
-not health-stopped and did not error (ASHA-pruned trials count: a rung value is a real
-validation result); ties go to the trial that ran more epochs.
+Writes leaderboard.csv, summary.md, health_report.md, plots/ and (for a finished search)
+best_config.yaml into the experiment folder (see tune/results.py). Exit 2: not a search folder.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-import re
+import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
+if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refdet.config import atomic_write_text  # noqa: E402
-from tune.space import SearchSpec, SpaceError, load_space  # noqa: E402
-
-
-class ReportError(ValueError):
-    pass
-
-
-@dataclass
-class TrialRow:
-    trial_id: str
-    params: dict
-    epochs: int = 0
-    best: float | None = None
-    last: float | None = None
-    time_s: float = 0.0
-    reason: str = "running"
-    verdict: str = ""
-    rule: str = ""
-    step: float | None = None
-    history: list = field(default_factory=list)  # (epoch, metric)
-
-
-def _read_results(path: Path) -> list[dict]:
-    out = []
-    if not path.is_file():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line being written right now
-    return out
-
-
-TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")
-
-
-def _start_order(tdir: Path) -> tuple[int, str]:
-    m = TRIAL_DIR.search(tdir.name)
-    return (int(m.group(2)), tdir.name) if m else (10**9, tdir.name)
-
-
-def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
-    """One row per Ray trial folder, in start order."""
-    rows = []
-    for params_file in sorted(exp.glob("*/params.json"), key=lambda p: _start_order(p.parent)):
-        tdir = params_file.parent
-        try:
-            params = json.loads(params_file.read_text())
-        except json.JSONDecodeError:
-            continue
-        results = _read_results(tdir / "result.json")
-        m = TRIAL_DIR.search(tdir.name)
-        trial_id = results[-1].get("trial_id") if results else (m.group(1) if m else tdir.name)
-        row = TrialRow(str(trial_id), {k: params.get(k) for k in spec.params})
-        for r in results:
-            v = r.get(spec.metric)
-            if isinstance(v, (int, float)) and math.isfinite(v) and not r.get("health/fatal"):
-                row.history.append((int(r.get("training_iteration", 0)), float(v)))
-        if results:
-            last = results[-1]
-            row.epochs = int(last.get("training_iteration", 0))
-            row.time_s = float(last.get("time_total_s", 0.0))
-        vals = [v for _, v in row.history]
-        if vals:
-            row.best = max(vals) if spec.mode == "max" else min(vals)
-            row.last = vals[-1]
-        if results and results[-1].get("health/fatal"):
-            last = results[-1]
-            row.reason = str(last.get("health/stop_reason", "error"))
-            row.verdict, row.rule = str(last.get("health/verdict", "")), str(last.get("health/rule", ""))
-            row.step = last.get("health/step")
-        elif row.epochs >= spec.max_t:
-            row.reason = "completed"  # error.txt may exist too: a failure that was retried
-        elif any((tdir / n).exists() for n in ("error.txt", "error.pkl")):
-            row.reason = "error"  # unless the journal says otherwise (below)
-        rows.append(row)
-    _apply_journal_states(exp, spec, rows)
-    return rows
-
-
-def _apply_journal_states(exp: Path, spec: SearchSpec, rows: list[TrialRow]) -> None:
-    """What the searcher told Optuna decides between asha, error and running: PRUNED was an
-    ASHA stop (even if the trial had a retried failure), FAIL a crash after its retries.
-    A Ray trial's newest record counts (a `supersedes` record replaces an earlier tell)."""
-    study = load_study(exp, spec)
-    if study is None:
-        return
-    import optuna
-
-    by_id = {}
-    for t in study.get_trials(deepcopy=False):  # in number order: the newest record of a trial wins
-        rid = t.user_attrs.get("ray_trial_id")
-        if rid:
-            by_id[rid] = t
-    for row in rows:
-        t = by_id.get(row.trial_id)
-        if t is None or row.reason not in ("running", "completed", "error"):
-            continue
-        if t.state == optuna.trial.TrialState.PRUNED:
-            row.reason = "asha"
-        elif t.state == optuna.trial.TrialState.FAIL:
-            row.reason = "error"
-        elif t.state == optuna.trial.TrialState.COMPLETE:
-            row.reason = "completed"
-
-
-def load_study(exp: Path, spec: SearchSpec):
-    journal = exp / "optuna.log"
-    if not journal.is_file():
-        return None
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=spec.name, storage=JournalStorage(JournalFileBackend(str(journal))))
-    except Exception:  # a journal from another study name, or unreadable: the report goes on without it
-        return None
-
-
-def best_row(rows: list[TrialRow], spec: SearchSpec) -> TrialRow | None:
-    ok = [r for r in rows if r.best is not None and r.reason in ("completed", "asha", "running")]
-    if not ok:
-        return None
-    sign = 1 if spec.mode == "max" else -1
-    return max(ok, key=lambda r: (sign * r.best, r.epochs))
-
-
-@dataclass
-class Report:
-    exp: Path
-    spec: SearchSpec
-    rows: list[TrialRow]
-    best: TrialRow | None
-    confirm: list[dict] = field(default_factory=list)  # from confirm.json (--confirm-top)
-
-    def counts(self) -> dict[str, int]:
-        c: dict[str, int] = {}
-        for r in self.rows:
-            c[r.reason] = c.get(r.reason, 0) + 1
-        return c
-
-    @property
-    def finished(self) -> int:
-        """Trials that ended (completed, stopped or failed); a running one was interrupted."""
-        return sum(r.reason != "running" for r in self.rows)
-
-    @property
-    def complete(self) -> bool:
-        """The search ran every trial it was asked for: only then is its best an answer."""
-        return self.finished >= self.spec.num_samples
-
-    def incomplete_note(self) -> str:
-        return (f"the search is incomplete: {self.finished} of {self.spec.num_samples} trials finished; "
-                f"no best_config.yaml is written until it is (continue it with --resume)")
-
-    def console_summary(self) -> str:
-        lines = ["trials by stop reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))]
-        if not self.complete:
-            lines.append(self.incomplete_note())
-        elif self.best:
-            lines.append(f"best trial {self.best.trial_id}: {self.spec.metric} {self.best.best:.4f} with "
-                         + ", ".join(f"{k}={_fmt(v)}" for k, v in self.best.params.items()))
-            lines.append(f"best config: {self.exp / 'best_config.yaml'}")
-        else:
-            lines.append("no healthy trial produced a validation value; no best_config.yaml written")
-        return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = True) -> Report:
-    exp = Path(exp)
-    if spec is None:
-        if not (exp / "space.yaml").is_file():
-            raise ReportError(f"{exp}: no space.yaml here; is this a results/<name> folder of tune/run.py?")
-        try:
-            spec = load_space(str(exp / "space.yaml"))
-        except SpaceError as exc:
-            raise ReportError(str(exc)) from None
-    rows = collect_trials(exp, spec)
-    confirm = json.loads((exp / "confirm.json").read_text()) if (exp / "confirm.json").is_file() else []
-    report = Report(exp, spec, rows, best_row(rows, spec), confirm)
-    if confirm:  # the best config by mean over new seeds, not a lucky single run
-        sign = 1 if spec.mode == "max" else -1
-        winner = max((c for c in confirm if c["values"]), key=lambda c: sign * c["mean"], default=None)
-        if winner is not None:
-            report.best = next((r for r in rows if r.trial_id == winner["source_trial"]), report.best)
-    atomic_write_text(exp / "leaderboard.csv", leaderboard_csv(report))
-    atomic_write_text(exp / "summary.md", summary_md(report))
-    atomic_write_text(exp / "health_report.md", health_md(report))
-    if report.best is not None and report.complete:
-        write_best_config(report)
-    if plots:
-        from tune.plots import write_plots
-
-        write_plots(report, load_study(exp, spec))
-    return report
-
-
-def leaderboard_csv(report: Report) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    keys = list(report.spec.params)
-    w.writerow(["trial_id", *keys, "best_metric", "last_metric", "epochs", "time_s", "stop_reason"])
-    for r in sorted(report.rows, key=_rank_key(report.spec)):
-        w.writerow([r.trial_id, *[r.params.get(k) for k in keys], "" if r.best is None else f"{r.best:.6f}",
-                    "" if r.last is None else f"{r.last:.6f}", r.epochs, f"{r.time_s:.1f}", r.reason])
-    return buf.getvalue()
-
-
-def _rank_key(spec: SearchSpec):
-    sign = -1 if spec.mode == "max" else 1
-    return lambda r: (r.best is None, sign * (r.best or 0.0))
-
-
-def summary_md(report: Report) -> str:
-    spec, rows = report.spec, report.rows
-    spent = sum(r.epochs for r in rows)
-    full = len(rows) * spec.max_t
-    keys = list(spec.params)
-    lines = [f"# Search `{spec.name}`", "",
-             f"metric `{spec.metric}` ({spec.mode}); {len(rows)} trials; ASHA max_t {spec.max_t}, "
-             f"grace {spec.grace_period}, reduction {spec.reduction_factor}", ""]
-    if not report.complete:
-        lines += [f"**Interrupted**: {report.incomplete_note()}.", ""]
-    if report.best:
-        lines += [f"**Best trial** `{report.best.trial_id}`: {spec.metric} = {report.best.best:.4f} "
-                  f"(best over its epochs), " + ", ".join(f"`{k}`={_fmt(v)}" for k, v in report.best.params.items()), ""]
-    lines += ["## Totals", "", "| stop reason | trials |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(report.counts().items())]
-    lines += ["", f"trial-epochs spent: {spent}; running every trial to max_t: {full}; "
-                  f"saved by early stops: {full - spent} ({100 * (full - spent) / full:.0f} %)" if full else "", ""]
-    if report.confirm:
-        lines += ["## Confirmation (--confirm-top)", "",
-                  f"best {spec.metric} over its epochs, per new seed; the best config is chosen by the mean", "",
-                  "| source trial | search value | mean | std | seeds |", "|---|---|---|---|---|"]
-        for c in report.confirm:
-            seeds = ", ".join(f"{v:.4f}" for v in c["values"])
-            lines.append(f"| {c['source_trial']} | {c['search_value']:.4f} | {c['mean']:.4f} | {c['std']:.4f} | {seeds} |")
-        lines.append("")
-    lines += ["## Leaderboard", "", "| trial | " + " | ".join(keys) + " | best | last | epochs | time s | stop |",
-              "|" + "---|" * (len(keys) + 6)]
-    for r in sorted(rows, key=_rank_key(spec)):
-        vals = " | ".join(_fmt(r.params.get(k)) for k in keys)
-        best = "" if r.best is None else f"{r.best:.4f}"
-        last = "" if r.last is None else f"{r.last:.4f}"
-        lines.append(f"| {r.trial_id} | {vals} | {best} | {last} | {r.epochs} | {r.time_s:.0f} | {r.reason} |")
-    return "\n".join(lines) + "\n"
-
-
-def health_md(report: Report) -> str:
-    stopped = [r for r in report.rows if r.verdict]
-    lines = ["# Health report", "", f"{len(stopped)} of {len(report.rows)} trials were stopped by a health rule.", ""]
-    for r in stopped:
-        lines += [f"## {r.trial_id}: {r.reason}", "", f"- rule: `{r.rule}` at step {_fmt(r.step)} (epoch {r.epochs})",
-                  f"- verdict: {r.verdict}", "- params: " + ", ".join(f"`{k}`={_fmt(v)}" for k, v in r.params.items()), ""]
-    return "\n".join(lines) + "\n"
-
-
-def write_best_config(report: Report) -> Path:
-    spec, best = report.spec, report.best
-    final_dir = report.exp / "final_train"  # python -m refdet.train writes here; tune/final.py uses final/
-    cfg = spec.trial_config(best.params).with_overrides(
-        {"epochs": spec.final_epochs, "output_dir": str(final_dir), "device": "auto", "num_threads": 0})
-    path = report.exp / "best_config.yaml"
-    conf = next((c for c in report.confirm if c["source_trial"] == best.trial_id), None)
-    confirmed = (f"confirmed over {len(conf['values'])} new seeds: mean {conf['mean']:.4f}, std {conf['std']:.4f}\n"
-                 if conf else "")
-    header = (f"best_config.yaml of search '{spec.name}' ({report.exp})\n"
-              f"trial {best.trial_id}: {spec.metric} = {best.best:.4f} (best over {best.epochs} epochs, {best.reason})\n"
-              + confirmed
-              + "".join(f"  {k} = {_fmt(v)}\n" for k, v in best.params.items())
-              + f"final run ({spec.final_epochs} epochs), either:\n"
-              f"  python -m refdet.train --config {path}\n"
-              f"  python tune/final.py {report.exp}")
-    cfg.to_yaml(path, header=header)
-    return path
+from tune.results import ReportError, write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python tune/report.py", description="Write the report of a search.")
     ap.add_argument("experiment", help="results/<name> folder")
     ap.add_argument("--no-plots", action="store_true")
@@ -327,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--address", default=None, help="Ray cluster address for --confirm-top")
     args = ap.parse_args(argv)
+    if args.confirm_top < 0 or args.seeds < 1:
+        print("error: --confirm-top must be >= 0 and --seeds >= 1", file=sys.stderr)
+        return 2
     exp = Path(args.experiment).resolve()  # Ray and pyarrow need absolute paths
     if not exp.is_dir():
         print(f"error: {exp}: {'not a folder' if exp.exists() else 'no such folder'}", file=sys.stderr)
@@ -334,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = write_report(exp, plots=not args.no_plots)
         if args.confirm_top:
-            from tune.confirm import confirm_top
+            from tune.confirm import confirm_top  # imports Ray: only when asked to confirm
 
             confirm_top(exp, report.spec, args.confirm_top, args.seeds, address=args.address)
             report = write_report(exp, report.spec, plots=not args.no_plots)

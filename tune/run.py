@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-
-# Ray's newer console output ignores a ProgressReporter; the classic one prints our table.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tune.space import SAFE_NAME, SpaceError, check_rungs_validated, load_space  # noqa: E402
+from refdet.config import ConfigError, parse_set  # noqa: E402
+from tune.space import NOT_SEARCHABLE, SAFE_NAME, SpaceError, check_rungs_validated, load_space  # noqa: E402
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_RESULTS = Path("results")
@@ -66,27 +65,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        from tune.launch import dry_run
+        from tune.sampler import preview  # Optuna only: a dry run does not start Ray
 
-        print(dry_run(spec))
+        print(preview(spec))
         return EXIT_OK
-    from tune.launch import ExperimentError, run_search
+    from tune.launch import ExperimentError, SearchOptions, run_search  # imports Ray: after the input checks
 
+    opts = SearchOptions(space=args.space, storage=args.storage, address=args.address, resume=args.resume,
+                         max_failures=args.max_failures, confirm_top=args.confirm_top, seeds=args.seeds,
+                         report_every=args.report_every)
     try:
-        return run_search(spec, args)
+        return run_search(spec, opts)
     except ExperimentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop started
-        from tune.launch import resume_command
-
-        print(f"\ninterrupted; continue with: {resume_command(spec, args)}", file=sys.stderr)
+        print(f"\ninterrupted; continue with: {opts.resume_command(spec.name)}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
 def apply_cli(spec, args):
-    from dataclasses import replace
-
     changes = {}
     if args.name is not None:
         if not SAFE_NAME.match(args.name) or args.name in (".", ".."):
@@ -132,8 +130,6 @@ def override_resource(item: str, resume: bool) -> dict:
 
 def override_base(spec, items: list[str], resume: bool):
     """The space's base TrainConfig with --set KEY=VALUE applied, checked like the space file."""
-    from refdet.config import ConfigError, parse_set
-    from tune.space import NOT_SEARCHABLE
 
     if resume:
         raise SpaceError("--set: a resumed search keeps the base it started with (results/<name>/space.yaml)")

@@ -28,8 +28,12 @@ import logging
 import math
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+from tune.sampler import make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +175,9 @@ class RefDetOptunaSearch(OptunaSearch):
 def build_searcher(spec, storage_path: str | None):
     """TPE (seeded; random start for the first third of the trials, at most 10), the
     known-good configuration enqueued first, an Optuna journal file as storage."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     storage = JournalStorage(JournalFileBackend(storage_path)) if storage_path else None
-    n_startup = max(2, min(10, spec.num_samples // 3))
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=n_startup)
     space = {k: p.distribution() for k, p in spec.params.items()}
     return RefDetOptunaSearch(
         space=space, metric=spec.metric, mode=spec.mode, points_to_evaluate=list(spec.initial_points) or None,
-        sampler=sampler, storage=storage, study_name=spec.name, max_t=spec.max_t, penalty=spec.penalty,
+        sampler=make_sampler(spec), storage=storage, study_name=spec.name, max_t=spec.max_t, penalty=spec.penalty,
     )

@@ -18,19 +18,11 @@ import ray
 from ray import tune
 
 from refdet.config import TrainConfig
+from refdet.engine.device import OOM_ERRORS, cpu_threads, oom_verdict, release_memory
 from refdet.engine.health import Verdict
-from refdet.engine.trainer import OOM_ERRORS, Trainer, oom_verdict, release_memory
+from refdet.engine.trainer import Trainer
 
 CKPT_NAME = "trainer.pt"
-
-
-def trial_threads(cpu: float) -> int:
-    """Torch threads for a trial: its CPU allotment (at least 1), capped by the CPUs it may use."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        available = os.cpu_count() or 1
-    return max(1, min(available, int(math.floor(cpu)) or 1))
 
 
 def build_trial_config(spec, params: dict) -> TrainConfig:
@@ -38,7 +30,7 @@ def build_trial_config(spec, params: dict) -> TrainConfig:
     # "auto": CUDA when Ray gave the trial a GPU it can see, the CPU otherwise (a simulated
     # cluster's logical GPUs, or a GPU-less node) -- never a crash for want of CUDA.
     # device_share: the trial's CUDA memory budget is its share of the device.
-    return cfg.with_overrides({"num_threads": trial_threads(spec.cpu), "device": "auto",
+    return cfg.with_overrides({"num_threads": cpu_threads(spec.cpu), "device": "auto",
                                "device_share": min(1.0, spec.gpu) if spec.gpu > 0 else 1.0})
 
 

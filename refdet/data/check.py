@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from refdet.data.aeroeyes import DatasetError, load_dataset
+from refdet.data import DatasetError, load_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

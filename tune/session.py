@@ -1,0 +1,50 @@
+"""The Ray session and the Tuner's run set-up, in one place (search, confirmation, final run).
+
+    with ray_session(address):          # connects or starts a local Ray; shuts it down after
+        tuner = tune.Tuner(trainable, run_config=run_config("confirm", storage, callbacks=[...]))
+
+One console style everywhere: Ray's newer console output ignores a ProgressReporter, so the
+classic one (our table) is selected before Ray is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connect to `address`, or start a local Ray (no dashboard), and shut it down afterwards.
+    A Ray already initialised in this process (a test's) is used and left running."""
+    if ray.is_initialized():
+        yield
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)  # local: Ray counts this machine's CPUs and GPUs
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_config(name: str, storage: str, callbacks: list, max_failures: int = 2, keep: int = 2,
+               reporter=None) -> tune.RunConfig:
+    """Tune's RunConfig as every run of this project uses it: retries for lost workers (a
+    health stop is a report, never an exception, so it is not retried), the last `keep`
+    checkpoints per trial, our TensorBoard callback, the classic console."""
+    return tune.RunConfig(name=name, storage_path=storage, verbose=1, progress_reporter=reporter,
+                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=keep), callbacks=callbacks)
+
+
+__all__ = ["ray_session", "run_config"]
