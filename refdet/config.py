@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from refdet.io import atomic_write_text
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
@@ -191,10 +193,10 @@ class TrainConfig:
         """Relative data/checkpoint paths made absolute against `base` (default: the CWD), so
         the config means the same in a process with another working directory (a Ray trial)."""
         base = Path(base or os.getcwd())
-        fix = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
+        absolute = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
         d = self.data
-        return replace(self, data=replace(d, root=fix(d.root), val_root=fix(d.val_root), cache_dir=fix(d.cache_dir)),
-                       checkpoint=fix(self.checkpoint))
+        return replace(self, data=replace(d, root=absolute(d.root), val_root=absolute(d.val_root), cache_dir=absolute(d.cache_dir)),
+                       checkpoint=absolute(self.checkpoint))
 
     def validate(self) -> None:
         checks = [
@@ -275,15 +277,6 @@ def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
 
 
 def get_path(d: dict[str, Any], key: str) -> Any:
@@ -395,7 +388,6 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
-    "atomic_write_text",
     "field_type",
     "load_yaml_mapping",
 ]

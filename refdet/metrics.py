@@ -18,6 +18,16 @@ import numpy as np
 
 Box = Sequence[float]
 
+# The metric names of DESIGN.md, one place: console, metrics.jsonl, TensorBoard, Tune, the
+# space's search.metric and the report all use these.
+VAL_METRICS = ("val/st_iou", "val/ap50", "val/recall")
+LOSS_TERMS = ("bbox", "cls", "dfl", "cpe")  # the criterion's terms, unweighted
+TRAIN_METRICS = ("train/loss", *(f"train/loss_{t}" for t in LOSS_TERMS))
+SEARCHABLE_METRICS = VAL_METRICS + TRAIN_METRICS
+HEALTH_METRICS = ("health/grad_norm_pre_max", "health/grad_norm_post_max", "health/clip_ratio_max",
+                  "health/nonfinite_steps", "health/cpe_zero_frac", "health/mem_rss_gb", "health/mem_rss_growth",
+                  "health/mem_cuda_peak_gb", "health/fatal", "health/stop_reason")
+
 
 def box_iou(a: Box, b: Box) -> float:
     iw = min(a[2], b[2]) - max(a[0], b[0])

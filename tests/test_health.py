@@ -3,7 +3,13 @@ import math
 import pytest
 
 from refdet.config import HealthConfig
-from refdet.engine.health import STEP_RULES, STOP_REASONS, HealthMonitor, StepStats, longest_patience
+from refdet.engine.health import (
+    STEP_RULES,
+    STOP_REASONS,
+    HealthMonitor,
+    StepStats,
+    longest_patience,
+)
 
 
 def stats(step, terms=None, **kw):
@@ -34,14 +40,14 @@ def test_healthy_sequence_fires_nothing():
 
 
 def test_every_rule_has_a_stop_reason_and_its_own_streak():
-    assert {r.reason for r in STEP_RULES} <= set(STOP_REASONS) - {"ok"}
+    assert {r.stop_reason for r in STEP_RULES} <= set(STOP_REASONS) - {"ok"}
     assert set(HealthMonitor(HealthConfig()).streaks) == {r.name for r in STEP_RULES}
     assert longest_patience(HealthConfig(dead_window=33)) == 33
 
 
 def test_nonfinite_fires_at_once():
     v = run(HealthMonitor(HealthConfig()), [stats(1), stats(2, loss=math.nan, nonfinite=True)])
-    assert v.reason == "nonfinite" and v.step == 2 and "loss" in v.message
+    assert v.stop_reason == "nonfinite" and v.step == 2 and "loss" in v.message
 
 
 def test_grad_norm_needs_patience():
@@ -49,7 +55,7 @@ def test_grad_norm_needs_patience():
     seq = [stats(1, grad_norm_pre=2e4), stats(2, grad_norm_pre=2e4), stats(3), stats(4, grad_norm_pre=2e4),
            stats(5, grad_norm_pre=2e4), stats(6, grad_norm_pre=2e4)]
     v = run(HealthMonitor(cfg), seq)
-    assert v.rule == "grad_norm" and v.reason == "grad_explosion" and v.step == 6
+    assert v.rule == "grad_norm" and v.stop_reason == "grad_explosion" and v.step == 6
     assert v.values["grad_norm_pre"] == 2e4
 
 
@@ -62,7 +68,7 @@ def test_no_rule_reads_the_clip(clip):
     assert run(HealthMonitor(cfg), steady) is None
     rising = steady + [stats(60 + i, grad_norm_pre=140.0 * 100 * (i + 1), grad_norm_post=clip) for i in range(5)]
     v = run(HealthMonitor(cfg), rising)
-    assert v.rule == "grad_growth" and v.reason == "grad_explosion" and v.step == 62
+    assert v.rule == "grad_growth" and v.stop_reason == "grad_explosion" and v.step == 62
     assert v.values["running_median"] == 140.0
 
 
@@ -72,7 +78,7 @@ def test_history_rules_wait_for_a_fixed_number_of_steps():
     assert run(HealthMonitor(cfg), early) is None  # not settled: 7 < 20 steps of history
     seq = [stats(i) for i in range(1, 21)] + [stats(21, terms={"cls": 10.0}), stats(22, terms={"cls": 10.0})]
     v = run(HealthMonitor(cfg), seq)
-    assert v.reason == "loss_spike" and v.step == 22 and v.values["unweighted_loss"] == 11.9
+    assert v.stop_reason == "loss_spike" and v.step == 22 and v.values["unweighted_loss"] == 11.9
 
 
 def test_loss_spike_reads_unweighted_terms_not_the_weighted_total():
@@ -85,7 +91,7 @@ def test_loss_spike_reads_unweighted_terms_not_the_weighted_total():
 def test_dfl_divergence():
     v = run(HealthMonitor(HealthConfig(patience=3, settle_steps=50)),
             [stats(i, terms={"dfl": 11.86}) for i in range(1, 9)])
-    assert v.reason == "dfl_divergence" and v.step == 3
+    assert v.stop_reason == "dfl_divergence" and v.step == 3
 
 
 def test_dead_detector():
@@ -93,7 +99,7 @@ def test_dead_detector():
     dead = [stats(i) for i in range(1, 4)] + [
         stats(i, num_fg=0, terms={"bbox": 0.0, "dfl": 0.0, "cls": 0.0}, grad_norm_pre=0.007) for i in range(4, 30)]
     v = run(HealthMonitor(cfg), dead)
-    assert v.reason == "dead_detector" and v.step == 13 and v.values["detection_loss"] == 0.0
+    assert v.stop_reason == "dead_detector" and v.step == 13 and v.values["detection_loss"] == 0.0
     # a batch of negatives only (no ground truth) has no foreground either: not dead
     negatives = [stats(i, num_fg=0, num_gt=0, terms={"bbox": 0.0, "dfl": 0.0, "cls": 0.0}) for i in range(1, 30)]
     assert run(HealthMonitor(cfg), negatives) is None
@@ -102,7 +108,7 @@ def test_dead_detector():
 def test_cpe_zero_window_and_stage1():
     seq = [stats(i, terms={"cpe": 0.0}, cpe_positives=0) for i in range(1, 30)]
     v = run(HealthMonitor(HealthConfig(cpe_zero_window=20)), seq)
-    assert v.reason == "cpe_zero" and v.step == 20
+    assert v.stop_reason == "cpe_zero" and v.step == 20
     assert run(HealthMonitor(HealthConfig(cpe_zero_window=20), cpe_active=False), seq) is None
     # one non-zero value in the window resets it
     seq = [stats(i, terms={"cpe": 0.0 if i != 15 else 0.3}) for i in range(1, 30)]
@@ -111,22 +117,22 @@ def test_cpe_zero_window_and_stage1():
 
 def test_memory_budget_and_growth():
     v = run(HealthMonitor(HealthConfig(mem_budget_gb=50.0)), [stats(1), stats(2, mem_rss_gb=62.0)])
-    assert v.reason == "memory_budget" and v.values["mem_rss_gb"] == 62.0
+    assert v.stop_reason == "memory_budget" and v.values["mem_rss_gb"] == 62.0
     m = HealthMonitor(HealthConfig(mem_budget_gb=1e3), cuda_budget_gb=36.0)  # 0.9 x half of an 80 GB device
     assert m.update(stats(1, mem_cuda_peak_gb=30.0)) is None
     v = m.update(stats(2, mem_cuda_peak_gb=37.0))
-    assert v.reason == "memory_budget" and v.values["budget_gb"] == 36.0
+    assert v.stop_reason == "memory_budget" and v.values["budget_gb"] == 36.0
     m = HealthMonitor(HealthConfig(mem_growth_pct=20.0, mem_growth_after_epoch=2))
     assert m.end_epoch(1, 10, 32.0) is None
     assert m.end_epoch(2, 20, 45.0) is None  # epochs 1-2 may grow (caches fill)
     v = m.end_epoch(3, 30, 62.0)
-    assert v.reason == "memory_leak" and v.values["growth_pct"] > 20
+    assert v.stop_reason == "memory_leak" and v.values["growth_pct"] > 20
 
 
 def test_disabled_monitor_still_stops_on_nonfinite():
     m = HealthMonitor(HealthConfig(enabled=False))
     assert run(m, [stats(i, grad_norm_pre=1e9) for i in range(1, 10)]) is None
-    assert m.update(stats(10, nonfinite=True, loss=math.inf)).reason == "nonfinite"
+    assert m.update(stats(10, nonfinite=True, loss=math.inf)).stop_reason == "nonfinite"
 
 
 def test_fp16_overflow_skip_is_not_fatal():

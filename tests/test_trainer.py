@@ -16,6 +16,12 @@ DESIGN_KEYS = {"train/loss", "train/loss_bbox", "train/loss_cls", "train/loss_df
                "health/mem_rss_growth", "health/mem_cuda_peak_gb", "health/fatal", "health/stop_reason", "val/fresh"}
 
 
+def test_metric_name_lists_are_the_design_names():
+    from refdet.metrics import HEALTH_METRICS, SEARCHABLE_METRICS
+
+    assert set(SEARCHABLE_METRICS) | set(HEALTH_METRICS) | {"lr", "epoch", "val/fresh"} == DESIGN_KEYS
+
+
 def test_healthy_training_reports_design_metrics(tiny_cfg, tmp_path):
     trainer = Trainer(tiny_cfg(), run_dir=tmp_path / "run")
     steps = []
@@ -54,8 +60,8 @@ def test_absurd_lr_is_stopped_within_the_step(tiny_cfg):
     trainer = Trainer(cfg)
     results = list(trainer.fit())
     v = results[-1].verdict
-    assert v is not None and v.reason in ("nonfinite", "grad_explosion", "loss_spike", "dfl_divergence")
-    assert results[-1].metrics["health/fatal"] == 1.0 and results[-1].metrics["health/stop_reason"] == v.reason
+    assert v is not None and v.stop_reason in ("nonfinite", "grad_explosion", "loss_spike", "dfl_divergence")
+    assert results[-1].metrics["health/fatal"] == 1.0 and results[-1].metrics["health/stop_reason"] == v.stop_reason
     assert trainer.step == v.step  # stopped within the step the rule fired
     assert len(results) == 1 and trainer.step < 30
 
@@ -63,7 +69,7 @@ def test_absurd_lr_is_stopped_within_the_step(tiny_cfg):
 def test_cpe_threshold_above_one_fires_cpe_zero(tiny_cfg):
     trainer = Trainer(tiny_cfg(**{"loss.cpe_iou_threshold": 1.5, "steps_per_epoch": 8}))
     result = next(trainer.fit())
-    assert result.verdict is not None and result.verdict.reason == "cpe_zero"
+    assert result.verdict is not None and result.verdict.stop_reason == "cpe_zero"
     assert result.verdict.step == 4 and result.metrics["health/cpe_zero_frac"] == 1.0
 
 
@@ -167,13 +173,13 @@ def test_verdicts_do_not_depend_on_the_clip(tiny_cfg, clip):
                                  "epochs": 1, "seed": 1}))
     result = next(blowup.fit())
     assert result.verdict is not None and result.verdict.step <= BLOWUP_STEPS, result.verdict
-    assert result.verdict.reason in ("nonfinite", "grad_explosion", "dead_detector", "dfl_divergence", "loss_spike")
+    assert result.verdict.stop_reason in ("nonfinite", "grad_explosion", "dead_detector", "dfl_divergence", "loss_spike")
 
 
 def test_memory_budget_fires_from_real_training(tiny_cfg):
     trainer = Trainer(tiny_cfg(**{"health.mem_budget_gb": 0.05}))
     result = next(trainer.fit())
-    assert result.verdict.reason == "memory_budget" and result.verdict.step == 1
+    assert result.verdict.stop_reason == "memory_budget" and result.verdict.step == 1
 
 
 @pytest.mark.slow
@@ -211,7 +217,7 @@ def test_out_of_memory_is_caught_freed_and_fatal(tiny_cfg, monkeypatch):
 
     monkeypatch.setattr(trainer.model, "forward", forward)
     result = next(trainer.fit())
-    assert result.verdict.reason == "oom" and result.verdict.step == 3
+    assert result.verdict.stop_reason == "oom" and result.verdict.step == 3
     assert "62 GB" in result.verdict.values["error"]
     assert result.metrics["health/stop_reason"] == "oom" and result.metrics["health/fatal"] == 1.0
     assert all(p.grad is None for p in trainer.model.parameters())  # gradients released

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ray import tune
 
-from refdet.config import atomic_write_text
+from refdet.io import atomic_write_text
 from tune.results import collect_trials
 from tune.session import ray_session, run_config
 from tune.tb import TrialTensorBoard
@@ -23,17 +23,8 @@ SEED_BASE = 1000  # confirmation seeds: 1000, 1001, ... (searches use small seed
 
 
 def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None) -> list[dict]:
-    import ray
-    from ray import tune
-
-    from tune.launch import init_ray
-    from tune.results import collect_trials
-    from tune.tb import TrialTensorBoard
-    from tune.trainable import confirm_trainable
-
     rows = [r for r in collect_trials(exp, spec) if r.best is not None and r.reason in ("completed", "asha")]
-    sign = -1 if spec.mode == "max" else 1
-    top = sorted(rows, key=lambda r: sign * r.best)[:k]
+    top = sorted(rows, key=lambda r: -spec.sign * r.best)[:k]
     if not top:
         print("confirm: no healthy trial to confirm")
         return []
@@ -58,7 +49,7 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
         healthy = df[df.get("health/fatal", 0) == 0] if "health/fatal" in df else df
         col = healthy[spec.metric] if spec.metric in healthy else []
         if len(col):
-            values[res.config["candidate"]].append(float(col.max() if spec.mode == "max" else col.min()))
+            values[res.config["candidate"]].append(spec.best_of(col.tolist()))
         else:
             values[res.config["candidate"]].append(float(spec.penalty))  # health-stopped seed
     out = []

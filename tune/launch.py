@@ -16,9 +16,9 @@ import ray
 import yaml
 from ray import tune
 
-from refdet.config import atomic_write_text
 from refdet.data import DatasetError, load_dataset
 from refdet.data.synthetic import ensure_dataset
+from refdet.io import atomic_write_text
 from tune.confirm import confirm_top
 from tune.results import write_report
 from tune.scheduler import build_scheduler
@@ -145,10 +145,10 @@ def check_schedulable(spec: SearchSpec, remote: bool) -> None:
         return
     cpus = max((r.get("CPU", 0) for r in res), default=0)
     gpus = max((r.get("GPU", 0) for r in res), default=0)
-    fix = f"--set resources.cpu={min(spec.cpu, cpus):g}" + (f" --set resources.gpu={min(spec.gpu, gpus):g}"
+    suggestion = f"--set resources.cpu={min(spec.cpu, cpus):g}" + (f" --set resources.gpu={min(spec.gpu, gpus):g}"
                                                              if spec.gpu > gpus else "")
     raise ExperimentError(f"no node can ever run a trial: {need}; this machine has {have}. "
-                          f"Run with {fix}, or on a cluster with --address")
+                          f"Run with {suggestion}, or on a cluster with --address")
 
 
 def check_data(spec: SearchSpec, remote: bool) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from refdet.io import atomic_path  # noqa: E402
 
 COLORS = {"completed": "tab:green", "asha": "tab:blue", "running": "tab:gray", "error": "black",
           "oom": "tab:red", "nonfinite": "tab:purple", "grad_explosion": "tab:orange", "loss_spike": "tab:pink",
@@ -17,10 +18,11 @@ COLORS = {"completed": "tab:green", "asha": "tab:blue", "running": "tab:gray", "
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def write_plots(report, study) -> list[Path]:
@@ -45,10 +47,9 @@ def history_plot(report, path: Path) -> Path:
             a.plot(xs, ys, marker="o", ms=3, color=COLORS.get(r.reason, "gray"), alpha=0.8)
     a.set(xlabel="epoch", ylabel=spec.metric, title="trials per epoch (colour: stop reason)")
     best, best_so_far, xs = None, [], []
-    sign = 1 if spec.mode == "max" else -1
     for i, r in enumerate(report.rows):
         value = None if r.reason == "error" or r.verdict else r.best  # health-stopped: not a result
-        if value is not None and (best is None or sign * value > sign * best):
+        if value is not None and (best is None or spec.sign * value > spec.sign * best):
             best = value
         xs.append(i)
         best_so_far.append(best if best is not None else float("nan"))

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refdet.config import atomic_write_text
+from refdet.io import atomic_write_text, fmt_number
 from tune.space import SearchSpec, SpaceError, load_space
 
 
@@ -93,7 +93,7 @@ def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
             row.time_s = float(last.get("time_total_s", 0.0))
         vals = [v for _, v in row.history]
         if vals:
-            row.best = max(vals) if spec.mode == "max" else min(vals)
+            row.best = spec.best_of(vals)
             row.last = vals[-1]
         if results and results[-1].get("health/fatal"):
             last = results[-1]
@@ -154,8 +154,7 @@ def best_row(rows: list[TrialRow], spec: SearchSpec) -> TrialRow | None:
     ok = [r for r in rows if r.best is not None and r.reason in ("completed", "asha", "running")]
     if not ok:
         return None
-    sign = 1 if spec.mode == "max" else -1
-    return max(ok, key=lambda r: (sign * r.best, r.epochs))
+    return max(ok, key=lambda r: (spec.sign * r.best, r.epochs))
 
 
 @dataclass
@@ -192,15 +191,13 @@ class Report:
             lines.append(self.incomplete_note())
         elif self.best:
             lines.append(f"best trial {self.best.trial_id}: {self.spec.metric} {self.best.best:.4f} with "
-                         + ", ".join(f"{k}={_fmt(v)}" for k, v in self.best.params.items()))
+                         + ", ".join(f"{k}={fmt_number(v)}" for k, v in self.best.params.items()))
             lines.append(f"best config: {self.exp / 'best_config.yaml'}")
         else:
             lines.append("no healthy trial produced a validation value; no best_config.yaml written")
         return "\n".join(lines)
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = True) -> Report:
@@ -216,8 +213,7 @@ def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = 
     confirm = json.loads((exp / "confirm.json").read_text()) if (exp / "confirm.json").is_file() else []
     report = Report(exp, spec, rows, best_row(rows, spec), confirm)
     if confirm:  # the best config by mean over new seeds, not a lucky single run
-        sign = 1 if spec.mode == "max" else -1
-        winner = max((c for c in confirm if c["values"]), key=lambda c: sign * c["mean"], default=None)
+        winner = max((c for c in confirm if c["values"]), key=lambda c: spec.sign * c["mean"], default=None)
         if winner is not None:
             report.best = next((r for r in rows if r.trial_id == winner["source_trial"]), report.best)
     atomic_write_text(exp / "leaderboard.csv", leaderboard_csv(report))
@@ -244,8 +240,7 @@ def leaderboard_csv(report: Report) -> str:
 
 
 def _rank_key(spec: SearchSpec):
-    sign = -1 if spec.mode == "max" else 1
-    return lambda r: (r.best is None, sign * (r.best or 0.0))
+    return lambda r: (r.best is None, -spec.sign * (r.best or 0.0))
 
 
 def summary_md(report: Report) -> str:
@@ -260,7 +255,7 @@ def summary_md(report: Report) -> str:
         lines += [f"**Interrupted**: {report.incomplete_note()}.", ""]
     if report.best:
         lines += [f"**Best trial** `{report.best.trial_id}`: {spec.metric} = {report.best.best:.4f} "
-                  f"(best over its epochs), " + ", ".join(f"`{k}`={_fmt(v)}" for k, v in report.best.params.items()), ""]
+                  f"(best over its epochs), " + ", ".join(f"`{k}`={fmt_number(v)}" for k, v in report.best.params.items()), ""]
     lines += ["## Totals", "", "| stop reason | trials |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report.counts().items())]
     lines += ["", f"trial-epochs spent: {spent}; running every trial to max_t: {full}; "
@@ -276,7 +271,7 @@ def summary_md(report: Report) -> str:
     lines += ["## Leaderboard", "", "| trial | " + " | ".join(keys) + " | best | last | epochs | time s | stop |",
               "|" + "---|" * (len(keys) + 6)]
     for r in sorted(rows, key=_rank_key(spec)):
-        vals = " | ".join(_fmt(r.params.get(k)) for k in keys)
+        vals = " | ".join(fmt_number(r.params.get(k)) for k in keys)
         best = "" if r.best is None else f"{r.best:.4f}"
         last = "" if r.last is None else f"{r.last:.4f}"
         lines.append(f"| {r.trial_id} | {vals} | {best} | {last} | {r.epochs} | {r.time_s:.0f} | {r.reason} |")
@@ -287,8 +282,8 @@ def health_md(report: Report) -> str:
     stopped = [r for r in report.rows if r.verdict]
     lines = ["# Health report", "", f"{len(stopped)} of {len(report.rows)} trials were stopped by a health rule.", ""]
     for r in stopped:
-        lines += [f"## {r.trial_id}: {r.reason}", "", f"- rule: `{r.rule}` at step {_fmt(r.step)} (epoch {r.epochs})",
-                  f"- verdict: {r.verdict}", "- params: " + ", ".join(f"`{k}`={_fmt(v)}" for k, v in r.params.items()), ""]
+        lines += [f"## {r.trial_id}: {r.reason}", "", f"- rule: `{r.rule}` at step {fmt_number(r.step)} (epoch {r.epochs})",
+                  f"- verdict: {r.verdict}", "- params: " + ", ".join(f"`{k}`={fmt_number(v)}" for k, v in r.params.items()), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -304,7 +299,7 @@ def write_best_config(report: Report) -> Path:
     header = (f"best_config.yaml of search '{spec.name}' ({report.exp})\n"
               f"trial {best.trial_id}: {spec.metric} = {best.best:.4f} (best over {best.epochs} epochs, {best.reason})\n"
               + confirmed
-              + "".join(f"  {k} = {_fmt(v)}\n" for k, v in best.params.items())
+              + "".join(f"  {k} = {fmt_number(v)}\n" for k, v in best.params.items())
               + f"final run ({spec.final_epochs} epochs), either:\n"
               f"  python -m refdet.train --config {path}\n"
               f"  python tune/final.py {report.exp}")

@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(preview(spec))
         return EXIT_OK
-    from tune.launch import ExperimentError, SearchOptions, run_search  # imports Ray: after the input checks
+    from tune.launch import (  # imports Ray: after the input checks
+        ExperimentError,
+        SearchOptions,
+        run_search,
+    )
 
     opts = SearchOptions(space=args.space, storage=args.storage, address=args.address, resume=args.resume,
                          max_failures=args.max_failures, confirm_top=args.confirm_top, seeds=args.seeds,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import optuna
 
+from refdet.io import fmt_number
 from tune.space import SearchSpec
 
 
@@ -28,7 +29,7 @@ def preview(spec: SearchSpec, n: int = 5) -> str:
     lines = [spec.summary(), "", "first configurations:"]
     for i in range(n):
         t = study.ask(dists)
-        lines.append(f"  {i}: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in t.params.items()))
+        lines.append(f"  {i}: " + ", ".join(f"{k}={fmt_number(v)}" for k, v in t.params.items()))
         spec.trial_config(t.params)
         # told as a constant so TPE's start stays random-like for the preview, as in the search
         # before any trial has finished
@@ -38,5 +39,3 @@ def preview(spec: SearchSpec, n: int = 5) -> str:
     return "\n".join(lines)
 
 
-def fmt_value(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -37,12 +37,12 @@ from refdet.config import (
     field_type,
     load_yaml_mapping,
 )
+from refdet.metrics import SEARCHABLE_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES_DIR = ROOT / "search_spaces"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-SEARCH_METRICS = ("val/st_iou", "val/ap50", "val/recall", "train/loss", "train/loss_bbox", "train/loss_cls",
-                  "train/loss_dfl", "train/loss_cpe")
+SEARCH_METRICS = SEARCHABLE_METRICS
 TOP_KEYS = {"name", "base", "base_overrides", "params", "search", "scheduler", "health", "resources", "final_epochs"}
 DIST_TYPES = {"uniform", "loguniform", "int", "choice"}
 
@@ -97,6 +97,14 @@ class SearchSpec:
     gpu: float = 0.0
     final_epochs: int = 100
     raw: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def sign(self) -> int:
+        """+1 when the metric is maximised, -1 when minimised: `sign * value` is "higher is better"."""
+        return 1 if self.mode == "max" else -1
+
+    def best_of(self, values) -> float:
+        return float(max(values) if self.mode == "max" else min(values))
 
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         """The TrainConfig one trial trains with: base + sampled params."""
@@ -153,10 +161,10 @@ NOT_SEARCHABLE = {
 }
 
 
-def asha_rungs(grace: int, rf: int, max_t: int) -> list[int]:
+def asha_rungs(grace: int, reduction: int, max_t: int) -> list[int]:
     """The epochs where ASHA compares trials (one bracket; as ray.tune's ASHAScheduler places them)."""
-    n = int(math.log(max_t / grace) / math.log(rf) + 1)
-    return sorted(grace * rf**k for k in range(n))
+    n = int(math.log(max_t / grace) / math.log(reduction) + 1)
+    return sorted(grace * reduction**k for k in range(n))
 
 
 def check_rungs_validated(spec: SearchSpec) -> None:
@@ -309,7 +317,7 @@ def load_space(name_or_path: str) -> SearchSpec:
         raise SpaceError(f"{where}: scheduler.type: only 'asha' is supported")
     max_t = _num(sched.get("max_t", 4), "scheduler.max_t", where, int, 1)
     grace = _num(sched.get("grace_period", 1), "scheduler.grace_period", where, int, 1)
-    rf = _num(sched.get("reduction_factor", 2), "scheduler.reduction_factor", where, int, 2)
+    reduction = _num(sched.get("reduction_factor", 2), "scheduler.reduction_factor", where, int, 2)
     if grace > max_t:
         raise SpaceError(f"{where}: scheduler.grace_period: must be <= max_t ({grace} > {max_t})")
 
@@ -330,7 +338,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     except ConfigError as exc:
         raise SpaceError(f"{where}: {exc}") from None
     spec = SearchSpec(name, path.resolve(), base, params, metric, mode, num_samples, max_concurrent, seed,
-                      tuple(initial), penalty, max_t, grace, rf, cpu, gpu, final_epochs, raw)
+                      tuple(initial), penalty, max_t, grace, reduction, cpu, gpu, final_epochs, raw)
     check_rungs_validated(spec)
     return spec
 

@@ -14,7 +14,9 @@ import math
 
 from ray.tune.logger import TBXLoggerCallback
 
-HPARAM_METRICS = ("val/st_iou", "val/ap50", "val/recall", "train/loss", "health/fatal")
+from refdet.metrics import VAL_METRICS
+
+HPARAM_METRICS = (*VAL_METRICS, "train/loss", "health/fatal")
 
 
 def stop_reason(result: dict, max_t: int, failed: bool) -> str:

@@ -51,7 +51,7 @@ def search_metrics(result_metrics: dict, metric: str, penalty: float, fatal: boo
 def fatal_report(verdict, metric: str, penalty: float, base: dict | None = None) -> dict:
     """The last report of a trial a verdict ended: the penalty as its value, and why."""
     out = search_metrics(base or {}, metric, penalty, fatal=True)
-    out.update({"health/fatal": 1.0, "health/stop_reason": verdict.reason, "health/verdict": verdict.message,
+    out.update({"health/fatal": 1.0, "health/stop_reason": verdict.stop_reason, "health/verdict": verdict.message,
                 "health/rule": verdict.rule, "health/step": float(verdict.step)})
     return out
 

@@ -129,19 +129,18 @@ def to_chw(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-class EpisodeSampler:
-    def __init__(self, videos: list[PreparedVideo], cfg: DataConfig, episodes_per_batch: int, seed: int):
+class VideoSampler:
+    """What every training sampler shares: query frames and reference sets of prepared
+    videos (letterboxed, augmented when an rng is given), validation batches, collation.
+    Subclasses make the training batches; a batch is a pure function of (seed, epoch, index)."""
+
+    def __init__(self, videos: list[PreparedVideo], cfg: DataConfig, seed: int):
         if not videos:
             raise ValueError("no videos to sample from")
-        self.videos, self.cfg, self.epb, self.seed = videos, cfg, episodes_per_batch, seed
+        self.videos, self.cfg, self.seed = videos, cfg, seed
         self.with_pos = [i for i, v in enumerate(videos) if len(v.pos)]
         if not self.with_pos:
             raise ValueError("no video has an annotated frame to train on")
-        # Constant per dataset: built once, not per episode or per negative query.
-        self.by_obj: dict[int, list[int]] = {}
-        for i in self.with_pos:
-            self.by_obj.setdefault(videos[i].object_id, []).append(i)
-        self.others = {v.object_id: [o for o in videos if o.object_id != v.object_id] for v in videos}
 
     # -- pieces --------------------------------------------------------------------------
     def query(self, video: PreparedVideo, idx: int, target: bool, rng: np.random.Generator | None):
@@ -174,13 +173,57 @@ class EpisodeSampler:
         return out
 
     # -- batches -------------------------------------------------------------------------
+    def val_batches(self, video: PreparedVideo, batch_size: int):
+        """Every cached frame of a validation video, in order, without augmentation."""
+        refs = [self.references(video, None)]
+        n = len(video.cached.frame_ids)
+        for start in range(0, n, batch_size):
+            idx = range(start, min(n, start + batch_size))
+            items = [self.query(video, i, True, None) for i in idx]
+            yield self._collate([q for q, _ in items], [b for _, b in items], [0] * len(items), refs,
+                                [video.object_id], [int(video.cached.frame_ids[i]) for i in idx])
+
+    @staticmethod
+    def _collate(queries, boxes, ref_index, refsets, object_ids, frame_ids) -> dict[str, torch.Tensor]:
+        b = len(queries)
+        box_t = torch.zeros(b, 1, 4)
+        mask = torch.zeros(b, 1, dtype=torch.bool)
+        for i, box in enumerate(boxes):
+            if box is not None:
+                box_t[i, 0] = torch.from_numpy(box)
+                mask[i, 0] = True
+        return {
+            "query": to_chw(queries),
+            "references": torch.stack([to_chw(r) for r in refsets]) if refsets else torch.empty(0, dtype=torch.uint8),
+            "ref_index": torch.tensor(ref_index, dtype=torch.long),
+            "boxes": box_t,
+            "mask": mask,
+            "object_ids": torch.tensor(object_ids, dtype=torch.long),
+            "frame_ids": torch.tensor(frame_ids, dtype=torch.long),
+        }
+
+
+class EpisodeSampler(VideoSampler):
+    """Episodic batches: `episodes_per_batch` episodes of n_way objects x n_query frames,
+    each object with its k_shot reference set."""
+
+    def __init__(self, videos: list[PreparedVideo], cfg: DataConfig, episodes_per_batch: int, seed: int):
+        super().__init__(videos, cfg, seed)
+        self.episodes_per_batch = episodes_per_batch
+        # Constant per dataset: built once, not per episode or per negative query.
+        self.by_obj: dict[int, list[int]] = {}
+        for i in self.with_pos:
+            self.by_obj.setdefault(videos[i].object_id, []).append(i)
+        self.others = {v.object_id: [o for o in videos if o.object_id != v.object_id] for v in videos}
+
+
     def train_batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, epoch, index])
         rng_aug = rng if cfg.augment else None
         queries, boxes, ref_index, refsets, object_ids, sources = [], [], [], [], [], []
         n_neg = round(cfg.n_query * cfg.neg_fraction)
-        for _ in range(self.epb):
+        for _ in range(self.episodes_per_batch):
             ways = self._choose_ways(rng)
             for vi in ways:
                 video = self.videos[vi]
@@ -219,48 +262,19 @@ class EpisodeSampler:
             return other, int(rng.choice(pool)), False
         return video, int(rng.choice(video.pos)), True  # a one-object dataset: nothing else to show
 
-    def val_batches(self, video: PreparedVideo, batch_size: int):
-        """Every cached frame of a validation video, in order, without augmentation."""
-        refs = [self.references(video, None)]
-        n = len(video.cached.frame_ids)
-        for start in range(0, n, batch_size):
-            idx = range(start, min(n, start + batch_size))
-            items = [self.query(video, i, True, None) for i in idx]
-            yield self._collate([q for q, _ in items], [b for _, b in items], [0] * len(items), refs,
-                                [video.object_id], [int(video.cached.frame_ids[i]) for i in idx])
 
-    @staticmethod
-    def _collate(queries, boxes, ref_index, refsets, object_ids, frame_ids) -> dict[str, torch.Tensor]:
-        b = len(queries)
-        box_t = torch.zeros(b, 1, 4)
-        mask = torch.zeros(b, 1, dtype=torch.bool)
-        for i, box in enumerate(boxes):
-            if box is not None:
-                box_t[i, 0] = torch.from_numpy(box)
-                mask[i, 0] = True
-        return {
-            "query": to_chw(queries),
-            "references": torch.stack([to_chw(r) for r in refsets]) if refsets else torch.empty(0, dtype=torch.uint8),
-            "ref_index": torch.tensor(ref_index, dtype=torch.long),
-            "boxes": box_t,
-            "mask": mask,
-            "object_ids": torch.tensor(object_ids, dtype=torch.long),
-            "frame_ids": torch.tensor(frame_ids, dtype=torch.long),
-        }
-
-
-class FrameSampler(EpisodeSampler):
+class FrameSampler(VideoSampler):
     """Non-episodic stage-1 batches (`data.episodic: false`): `batch_size` frames drawn from
     every training video, each with its own video's object as the target -- a class-agnostic
     detector, trained without references. Annotated frames are drawn without replacement
     through a permutation seeded by (seed, epoch), so an epoch walks the annotated frames
     before repeating any; round(batch_size * neg_fraction) of each batch (at most all but one)
     are the videos' object-free frames, drawn at random. Validation batches are the episodic
-    sampler's (the trainer leaves their references unused). Batches are still a pure function
+    sampler base's (the trainer leaves their references unused). Batches are still a pure function
     of (seed, epoch, index); `references` is empty, `ref_index` and `object_ids` have length 0."""
 
     def __init__(self, videos: list[PreparedVideo], cfg: DataConfig, batch_size: int, seed: int):
-        super().__init__(videos, cfg, 1, seed)
+        super().__init__(videos, cfg, seed)
         self.batch_size = batch_size
         self.pos_pairs = self._pairs(videos, "pos")
         self.neg_pairs = self._pairs(videos, "neg")
@@ -292,10 +306,10 @@ class FrameSampler(EpisodeSampler):
         return batch
 
 
-class EpisodeDataset(torch.utils.data.Dataset):
+class EpochBatches(torch.utils.data.Dataset):
     """Map-style view of one epoch's batches, for torch's DataLoader (batch_size=None)."""
 
-    def __init__(self, sampler: EpisodeSampler, steps: int, epoch: int = 0):
+    def __init__(self, sampler: VideoSampler, steps: int, epoch: int = 0):
         self.sampler, self.steps, self.epoch = sampler, steps, epoch
 
     def __len__(self) -> int:
@@ -309,4 +323,4 @@ def object_identities(entries: list[VideoEntry]) -> dict[str, int]:
     return {g: i for i, g in enumerate(sorted({e.group for e in entries}))}
 
 
-__all__ = ["EpisodeDataset", "EpisodeSampler", "FrameSampler", "PreparedVideo", "object_identities", "prepare_videos"]
+__all__ = ["EpochBatches", "EpisodeSampler", "FrameSampler", "VideoSampler", "PreparedVideo", "object_identities", "prepare_videos"]

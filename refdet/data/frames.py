@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from refdet.data.aeroeyes import VideoEntry
+from refdet.io import atomic_path
 
 CACHE_VERSION = 1
 
@@ -116,14 +117,12 @@ class FrameCache:
                 f += 1
         finally:
             cap.release()
-        tag = f".{os.getpid()}.tmp"
-        tmp_data, tmp_meta = data.with_name(data.name + tag), meta.with_name(meta.name + tag)
-        with open(tmp_data, "wb") as fh:
-            np.save(fh, out[: len(got)])
-        tmp_meta.write_text(json.dumps({"video": str(entry.video_path), "frame_ids": got, "scale": scale,
-                                        "missing": len(frames) - len(got)}))
-        os.replace(tmp_data, data)  # data first: a meta file always has its data beside it
-        os.replace(tmp_meta, meta)
+        # The inner (data) is renamed first: a meta file always has its data beside it.
+        with atomic_path(meta) as tmp_meta, atomic_path(data) as tmp_data:
+            with open(tmp_data, "wb") as fh:
+                np.save(fh, out[: len(got)])
+            tmp_meta.write_text(json.dumps({"video": str(entry.video_path), "frame_ids": got, "scale": scale,
+                                            "missing": len(frames) - len(got)}))
 
 
 def load_reference_images(entry: VideoEntry, k: int, max_side: int) -> list[np.ndarray]:

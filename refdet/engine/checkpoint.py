@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from refdet.io import atomic_path
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a RefDet checkpoint."""
@@ -15,12 +17,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, p)
-    return p
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

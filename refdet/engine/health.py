@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from refdet.config import HealthConfig
+from refdet.io import fmt_number
 
 STOP_REASONS = ("ok", "oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "dead_detector",
                 "cpe_zero", "memory_budget", "memory_leak")
@@ -86,22 +87,20 @@ class StepStats:
 class Verdict:
     """A fatal finding: the rule that fired, the stop reason it maps to, the step, and the values."""
 
-    rule: str
-    reason: str
+    rule: str  # which check fired (STEP_RULES name, or memory_growth, oom, ...)
+    stop_reason: str  # the stop reason it maps to (STOP_REASONS): what the search and the report group by
     step: int
     values: dict = field(default_factory=dict)
 
     @property
     def message(self) -> str:
         vals = ", ".join(f"{k}={fmt_number(v)}" for k, v in self.values.items())
-        return f"health stop [{self.reason}] rule {self.rule} at step {self.step}: {vals}"
+        return f"health stop [{self.stop_reason}] rule {self.rule} at step {self.step}: {vals}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def fmt_number(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ class StepRule:
     this step, else None; `patience(cfg)` is how many consecutive steps it must hold."""
 
     name: str
-    reason: str
+    stop_reason: str
     check: Callable[[HealthMonitor, StepStats], dict | None]
     patience: Callable[[HealthConfig], int]
 
@@ -253,7 +252,7 @@ class HealthMonitor:
             if values is not None and self.streaks[rule.name] >= patience:
                 if patience > 1:
                     values = {"steps": self.streaks[rule.name], **values}
-                return self._fire(rule.name, rule.reason, s.step, **values)
+                return self._fire(rule.name, rule.stop_reason, s.step, **values)
         return None
 
     # -- per epoch -----------------------------------------------------------------------

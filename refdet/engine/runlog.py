@@ -13,7 +13,6 @@ from pathlib import Path
 
 from refdet.engine.health import StepStats
 
-
 # The original log's labels (the monitoring checklist greps "CPE Loss" and "DFL loss").
 TERM_LABELS = {"bbox": "BBox loss", "cls": "Cls loss", "dfl": "DFL loss", "cpe": "CPE Loss"}
 

@@ -26,8 +26,8 @@ import torch
 from refdet.config import TrainConfig
 from refdet.data import load_splits
 from refdet.data.episodes import (
-    EpisodeDataset,
     EpisodeSampler,
+    EpochBatches,
     FrameSampler,
     object_identities,
     prepare_videos,
@@ -50,8 +50,6 @@ from refdet.losses.criterion import build_criterion
 from refdet.metrics import ap50, mean_st_iou, recall50, top_box
 from refdet.model import build_model
 from refdet.ops.boxes import postprocess
-
-
 
 COUNTS = ("num_fg", "num_gt", "cpe_positives")  # criterion stats a StepStats carries
 
@@ -130,13 +128,13 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------
     def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict]:
         dev = self.device
-        nb = dev.type == "cuda"
-        query = batch["query"].to(dev, non_blocking=nb).float().div_(255).contiguous(memory_format=torch.channels_last)
-        targets = {k: batch[k].to(dev, non_blocking=nb) for k in ("boxes", "mask", "object_ids")}
+        non_blocking = dev.type == "cuda"  # with pinned memory: copies overlap compute
+        query = batch["query"].to(dev, non_blocking=non_blocking).float().div_(255).contiguous(memory_format=torch.channels_last)
+        targets = {k: batch[k].to(dev, non_blocking=non_blocking) for k in ("boxes", "mask", "object_ids")}
         if not self.cfg.data.episodic:  # the plain detector: references are not used, even in validation
             return query, None, None, targets
-        refs = batch["references"].to(dev, non_blocking=nb).float().div_(255)
-        return query, refs, batch["ref_index"].to(dev, non_blocking=nb), targets
+        refs = batch["references"].to(dev, non_blocking=non_blocking).float().div_(255)
+        return query, refs, batch["ref_index"].to(dev, non_blocking=non_blocking), targets
 
     def train_step(self, batch: dict, data_time: float = 0.0) -> StepStats:
         t0 = time.perf_counter()
@@ -219,7 +217,7 @@ class Trainer:
 
     # -- epochs ----------------------------------------------------------------------------
     def loader(self, epoch: int):
-        ds = EpisodeDataset(self.sampler, self.cfg.steps_per_epoch, epoch)
+        ds = EpochBatches(self.sampler, self.cfg.steps_per_epoch, epoch)
         return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.cfg.data.num_workers,
                                            pin_memory=self.device.type == "cuda")
 
@@ -314,7 +312,7 @@ class Trainer:
         m["epoch"] = float(self.epoch)
         m.update(self.health.epoch_summary())
         m["health/fatal"] = 1.0 if verdict else 0.0
-        m["health/stop_reason"] = verdict.reason if verdict else "ok"
+        m["health/stop_reason"] = verdict.stop_reason if verdict else "ok"
         return m
 
     # -- checkpoints -----------------------------------------------------------------------

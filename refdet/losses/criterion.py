@@ -17,9 +17,10 @@ from torch import nn
 from refdet.config import LossConfig
 from refdet.losses.assigner import TaskAlignedAssigner
 from refdet.losses.cpe import CPELoss
+from refdet.metrics import LOSS_TERMS
 from refdet.ops.boxes import bbox2dist, ciou, dfl_expectation, dist2bbox
 
-TERMS = ("bbox", "cls", "dfl", "cpe")
+TERMS = LOSS_TERMS
 
 
 @dataclass
@@ -71,17 +72,17 @@ class RefDetLoss(nn.Module):
         pred_boxes = pred_boxes_grid * strides  # px
         assign = self.assigner(cls_logits.detach().sigmoid(), pred_boxes.detach(), anchors,
                                gt_labels, gt_boxes, gt_mask)
-        tss = assign.target_scores.sum().clamp(min=1.0)
+        score_sum = assign.target_scores.sum().clamp(min=1.0)
 
-        loss_cls = F.binary_cross_entropy_with_logits(cls_logits, assign.target_scores, reduction="sum") / tss
+        loss_cls = F.binary_cross_entropy_with_logits(cls_logits, assign.target_scores, reduction="sum") / score_sum
         fg = assign.fg_mask
         weight = assign.target_scores.sum(-1)[fg]  # [n_fg]
-        loss_bbox = ((1.0 - ciou(pred_boxes[fg], assign.target_boxes[fg])) * weight).sum() / tss
+        loss_bbox = ((1.0 - ciou(pred_boxes[fg], assign.target_boxes[fg])) * weight).sum() / score_sum
         target_dist = bbox2dist((anchors / strides).expand(b, a, 2)[fg], (assign.target_boxes / strides)[fg], self.reg_max)
-        loss_dfl = (dfl_loss(box_logits[fg].view(-1, 4, self.reg_max), target_dist) * weight).sum() / tss
+        loss_dfl = (dfl_loss(box_logits[fg].view(-1, 4, self.reg_max), target_dist) * weight).sum() / score_sum
 
         zero = box_logits.new_zeros(())
-        stats = {"num_fg": fg.sum().detach(), "num_gt": gt_mask.sum().detach(), "target_scores_sum": tss.detach(),
+        stats = {"num_fg": fg.sum().detach(), "num_gt": gt_mask.sum().detach(), "target_scores_sum": score_sum.detach(),
                  "cpe_positives": zero.detach(), "cpe_proposals": zero.detach()}
         loss_cpe = zero
         if self.use_cpe:
