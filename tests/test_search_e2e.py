@@ -162,24 +162,27 @@ def test_report_files_and_best_config(search):
     assert "python -m refdet.train --config" in (exp / "best_config.yaml").read_text()
 
 
-def test_best_config_trains_through_both_final_paths(search, ray_local):
+def test_best_config_trains_through_both_final_paths(search, ray_local, monkeypatch):
+    """Both from the folder above results/, with relative paths, as a user types them."""
     _, exp, _ = search
-    r = subprocess.run([sys.executable, "-m", "refdet.train", "--config", str(exp / "best_config.yaml"), "--epochs", "1",
-                        "--output_dir", str(exp / "final_cli"), "--no-progress"], capture_output=True, text=True,
-                       timeout=600)
+    here = exp.parent.parent
+    r = subprocess.run([sys.executable, "-m", "refdet.train", "--config", "results/e2e/best_config.yaml", "--epochs",
+                        "1", "--output_dir", "results/e2e/final_cli", "--no-progress"], capture_output=True, text=True,
+                       timeout=600, cwd=here)
     assert r.returncode == 0, r.stderr
     assert (exp / "final_cli" / "last.pt").is_file()
     from tune.final import main as final_main
 
-    assert final_main([str(exp), "--epochs", "1", "--cpus", "1"]) == 0
+    monkeypatch.chdir(here)
+    assert final_main(["results/e2e", "--epochs", "1", "--cpus", "1"]) == 0
     assert list((exp / "final").glob("*/checkpoint_*"))
     assert list((exp / "final").glob("*/events.out.tfevents.*"))
 
 
 def test_report_cli_on_the_experiment(search):
     _, exp, _ = search
-    r = subprocess.run([sys.executable, str(ROOT / "tune" / "report.py"), str(exp), "--no-plots"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "report.py"), "results/e2e", "--no-plots"],
+                       capture_output=True, text=True, timeout=300, cwd=exp.parent.parent)  # a relative path
     assert r.returncode == 0, r.stderr
     assert "trials by stop reason" in r.stdout
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "report.py"), str(exp / "nope")], capture_output=True,
@@ -193,13 +196,14 @@ def test_space_file_is_resolved(search):
     assert saved["name"] == "e2e" and isinstance(saved["base"], dict)
 
 
-def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local):
+def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local, monkeypatch):
     import json
 
     from tune.report import main as report_main
 
     _, exp, _ = search
-    assert report_main([str(exp), "--confirm-top", "2", "--seeds", "2", "--no-plots"]) == 0
+    monkeypatch.chdir(exp.parent.parent)  # README's own form: a relative experiment path
+    assert report_main(["results/e2e", "--confirm-top", "2", "--seeds", "2", "--no-plots"]) == 0
     confirm = json.loads((exp / "confirm.json").read_text())
     assert len(confirm) == 2 and all(len(c["values"]) == 2 for c in confirm)
     assert "Confirmation (--confirm-top)" in (exp / "summary.md").read_text()
