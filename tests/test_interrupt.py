@@ -43,14 +43,14 @@ def newest_records(exp: Path) -> dict:
     return {t.user_attrs["ray_trial_id"]: t for t in study.get_trials() if "ray_trial_id" in t.user_attrs}
 
 
-def check_told_states(exp: Path) -> None:
+def check_told_states(exp: Path, metric: str = "val/st_iou") -> None:
     """Every told state is what the trial's own result rows show."""
     rows = result_rows(exp)
     for rid, t in newest_records(exp).items():
         last = rows.get(rid, [{}])[-1]
         it = int(last.get("training_iteration", 0))
         if t.state == TrialState.COMPLETE and t.constraints.get("health", 0) == 0:
-            assert it == MAX_T and t.value == last["val/st_iou"], (rid, it)
+            assert it == MAX_T and t.value == last[metric], (rid, it)
         elif t.state == TrialState.COMPLETE:
             assert last.get("health/fatal") == 1.0, rid
         elif t.state == TrialState.PRUNED:
@@ -97,3 +97,64 @@ def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_data
     records = newest_records(exp)
     assert len(records) == SAMPLES and not [t for t in records.values() if t.state == TrialState.RUNNING]
     check_told_states(exp)
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from tune import searcher
+
+real = searcher.RefDetOptunaSearch.on_trial_complete
+def on_trial_complete(self, trial_id, result=None, error=False):
+    real(self, trial_id, result, error)
+    outcome = self.classify(trial_id, result, error)[0]
+    if outcome in ("pruned", "fail", "infeasible"):  # told: now die before Tune's next snapshot
+        os.kill(os.getpid(), signal.SIGKILL)
+searcher.RefDetOptunaSearch.on_trial_complete = on_trial_complete
+from tune.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def kill_ray_processes(marker: str) -> None:
+    """A SIGKILLed driver leaves Ray's processes behind (reparented, ignoring SIGTERM)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in p.info["cmdline"] or ()):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def test_a_kill_between_tell_and_snapshot_is_reconciled_on_resume(tiny_dataset, tmp_path):
+    """The driver dies right after telling Optuna a trial's outcome, before Tune snapshots;
+    after --resume every trial's newest Optuna record is what its own result rows show."""
+    import shutil
+    import tempfile
+
+    space = write_space(tmp_path, tiny_dataset, "intr", num_samples=SAMPLES, max_t=MAX_T, steps=4,
+                        metric="train/loss", mode="min", initial_lr=2e-3, lr_high=1e-2)
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(root=str(ROOT)))
+    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths live under it
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    exp = tmp_path / "results" / "intr"
+    try:
+        proc = subprocess.run([sys.executable, str(script), "--space", str(space), "--storage", "results"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        kill_ray_processes(ray_tmp)
+        told = {rid: t.state for rid, t in newest_records(exp).items() if t.state != TrialState.RUNNING}
+        assert told, "the kill came after a tell"
+        proc = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", str(space), "--storage",
+                               "results", "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        kill_ray_processes(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    records = newest_records(exp)
+    assert len(records) == SAMPLES and not [t for t in records.values() if t.state == TrialState.RUNNING]
+    check_told_states(exp, metric="train/loss")
