@@ -86,7 +86,9 @@ class DataConfig:
     val_max_frames: int = 0  # cap on frames evaluated per val video (0 = all)
     cache_dir: str = ""  # empty: <root>/.frame_cache
     augment: bool = True
-    num_workers: int = 0
+    # DataLoader worker processes; -1 (auto): on CUDA the run's CPU threads less one (a
+    # trial's resources.cpu - 1), so loading overlaps the step; on the CPU 0 (in-process).
+    num_workers: int = -1
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,7 @@ class TrainConfig:
             (self.model.width_multiple > 0, "model.width_multiple", "must be > 0"),
             (self.model.depth_multiple > 0, "model.depth_multiple", "must be > 0"),
             (self.loss.cpe_temperature > 0, "loss.cpe_temperature", "must be > 0"),
+            (self.data.num_workers >= -1, "data.num_workers", "must be >= 0, or -1 (auto)"),
             (self.health.patience >= 1, "health.patience", "must be >= 1"),
             (self.health.settle_steps >= 0, "health.settle_steps", "must be >= 0"),
             (self.health.dead_window >= 1, "health.dead_window", "must be >= 1"),

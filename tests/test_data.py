@@ -238,3 +238,28 @@ def test_unwritable_cache_is_a_clear_error(tiny_dataset, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(CacheError, match="data.cache_dir"):
         FrameCache(blocker / "cache", 64).get(ds.videos[0], [0, 1])
+
+
+def test_batches_are_the_same_with_and_without_loader_workers(tiny_cfg):
+    """A batch is a pure function of (seed, epoch, index): 0 and 2 worker processes give
+    identical batches, epoch after epoch (the workers persist across epochs)."""
+    import torch
+
+    from refdet.engine.trainer import Trainer
+
+    def batches(workers):
+        t = Trainer(tiny_cfg(**{"data.num_workers": workers, "steps_per_epoch": 3}))
+        assert t.loader_workers() == workers
+        out = [[b for b in t.loader(epoch)] for epoch in (0, 1)]
+        t.close()
+        return out
+
+    inline, workers = batches(0), batches(2)
+    assert len(inline) == len(workers) == 2
+    for e0, e1 in zip(inline, workers):
+        assert len(e0) == len(e1) == 3
+        for b0, b1 in zip(e0, e1):
+            assert b0.keys() == b1.keys()
+            for k in b0:
+                assert torch.equal(b0[k], b1[k]), k
+    assert not torch.equal(inline[0][0]["query"], inline[1][0]["query"])  # epochs differ

@@ -306,21 +306,44 @@ class FrameSampler(VideoSampler):
         return batch
 
 
-class EpochBatches(torch.utils.data.Dataset):
-    """Map-style view of one epoch's batches, for torch's DataLoader (batch_size=None)."""
+class TrainBatches(torch.utils.data.Dataset):
+    """Every training batch of a run as one map-style dataset: item `epoch * steps + index`
+    is `sampler.train_batch(epoch, index)`, a pure function of (seed, epoch, index), so a
+    DataLoader gives the same batches with any number of workers, and its workers can
+    persist across epochs (the epoch travels in the index, see `EpochIndices`)."""
 
-    def __init__(self, sampler: VideoSampler, steps: int, epoch: int = 0):
-        self.sampler, self.steps, self.epoch = sampler, steps, epoch
+    def __init__(self, sampler: VideoSampler, steps: int):
+        self.sampler, self.steps = sampler, steps
+
+    def __len__(self) -> int:
+        return 2**62  # every epoch's indices; only those EpochIndices yields are read
+
+    def __getitem__(self, flat_index: int) -> dict[str, torch.Tensor]:
+        epoch, index = divmod(int(flat_index), self.steps)
+        return self.sampler.train_batch(epoch, index)
+
+
+class EpochIndices(torch.utils.data.Sampler):
+    """The indices of one epoch of `TrainBatches`; set `epoch` before iterating."""
+
+    def __init__(self, steps: int):
+        self.steps, self.epoch = steps, 0
+
+    def __iter__(self):
+        return iter(range(self.epoch * self.steps, (self.epoch + 1) * self.steps))
 
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.sampler.train_batch(self.epoch, index)
+
+def loader_worker_init(_: int) -> None:
+    """One thread per worker for OpenCV and torch: the workers are the parallelism."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def object_identities(entries: list[VideoEntry]) -> dict[str, int]:
     return {g: i for i, g in enumerate(sorted({e.group for e in entries}))}
 
 
-__all__ = ["EpochBatches", "EpisodeSampler", "FrameSampler", "VideoSampler", "PreparedVideo", "object_identities", "prepare_videos"]
+__all__ = ["EpochIndices", "TrainBatches", "loader_worker_init", "EpisodeSampler", "FrameSampler", "VideoSampler", "PreparedVideo", "object_identities", "prepare_videos"]

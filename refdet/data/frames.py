@@ -44,6 +44,20 @@ class CachedFrames:
     frame_ids: np.ndarray
     scale: float
     missing: int
+    path: str = ""  # the .npy the frames are mapped from
+
+    def __getstate__(self) -> dict:
+        """Pickled (to a DataLoader worker) as the file path, not the pixels: the worker maps
+        the same file."""
+        state = dict(self.__dict__)
+        if self.path:
+            state["frames"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.frames is None:
+            self.frames = np.load(self.path, mmap_mode="r")
 
 
 def evenly(items: list[int], n: int) -> list[int]:
@@ -89,7 +103,7 @@ class FrameCache:
                                  f"set data.cache_dir to a writable folder") from None
         info = json.loads(meta.read_text())
         arr = np.load(data, mmap_mode="r")
-        return CachedFrames(arr, np.asarray(info["frame_ids"], dtype=np.int64), info["scale"], info["missing"])
+        return CachedFrames(arr, np.asarray(info["frame_ids"], dtype=np.int64), info["scale"], info["missing"], str(data))
 
     def _fill(self, entry: VideoEntry, frames: list[int], data: Path, meta: Path) -> None:
         folder = data.parent
