@@ -140,7 +140,8 @@ class TrainConfig:
     val_interval: int = 1  # validate every N epochs (and always after the last)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     device_share: float = 1.0  # share of the CUDA device this run may use (a trial's resources.gpu, at most 1)
-    mixed_precision: bool = True  # AMP on CUDA (bf16 where supported); ignored on CPU
+    mixed_precision: bool = True  # AMP on CUDA; ignored on CPU
+    amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16 + GradScaler) | bf16 | fp16
     num_threads: int = 0  # torch CPU threads; 0 = every CPU this process may use
     checkpoint: str = ""  # initial weights (e.g. a stage-1 checkpoint)
     output_dir: str = "./checkpoints"
@@ -222,6 +223,7 @@ class TrainConfig:
             (self.model.width_multiple > 0, "model.width_multiple", "must be > 0"),
             (self.model.depth_multiple > 0, "model.depth_multiple", "must be > 0"),
             (self.loss.cpe_temperature > 0, "loss.cpe_temperature", "must be > 0"),
+            (self.amp_dtype in ("auto", "bf16", "fp16"), "amp_dtype", "must be auto, bf16 or fp16"),
             (self.data.num_workers >= -1, "data.num_workers", "must be >= 0, or -1 (auto)"),
             (self.health.patience >= 1, "health.patience", "must be >= 1"),
             (self.health.settle_steps >= 0, "health.settle_steps", "must be >= 0"),

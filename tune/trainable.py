@@ -92,7 +92,8 @@ def run_trial(cfg: TrainConfig, metric: str, penalty: float) -> None:
     try:
         trainer = Trainer(cfg, run_dir=trial_dir / "refdet", tensorboard=False)
         trainer.log.line(f"trial on node {ray.get_runtime_context().get_node_id()} device {trainer.device} "
-                         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
+                         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} "
+                         f"cuda_budget_gb={trainer.health.cuda_budget_gb:.2f} loader_workers={trainer.loader_workers()}")
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:

@@ -90,7 +90,8 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.amp_dtype = None
         if cuda and cfg.mixed_precision:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            bf16 = cfg.amp_dtype == "bf16" or (cfg.amp_dtype == "auto" and torch.cuda.is_bf16_supported())
+            self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         # A GradScaler is needed for fp16 only; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.health = HealthMonitor(cfg.health, cpe_active=cfg.stage == 2, cuda_budget_gb=self.cuda_budget_gb())
