@@ -5,10 +5,12 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from refdet.config import DataConfig
 from refdet.data import check
 from refdet.data.aeroeyes import DatasetError, load_dataset, split_by_group
+from refdet.data.device_augment import queries_on_device
 from refdet.data.episodes import EpisodeSampler, FrameSampler, object_identities, prepare_videos
 from refdet.data.frames import FrameCache
 from refdet.data.synthetic import main as synthetic_main
@@ -170,7 +172,8 @@ def test_split_keeps_pairs_together(tiny_dataset):
 def test_episode_batch_shapes_and_determinism(tiny_dataset):
     sampler, val, cfg, _, _ = sampler_for(tiny_dataset)
     b = sampler.train_batch(epoch=0, index=3)
-    assert b["query"].shape == (8, 3, 128, 128) and b["query"].dtype.is_floating_point is False
+    assert b["query"].dtype == torch.uint8 and b["query_theta"].shape == (8, 2, 3)  # warped on the device
+    assert queries_on_device(b, torch.device("cpu"), 128, False).shape == (8, 3, 128, 128)
     assert b["references"].shape == (2, 3, 3, 64, 64)
     assert b["ref_index"].tolist() == [0] * 4 + [1] * 4
     assert b["boxes"].shape == (8, 1, 4) and b["mask"].shape == (8, 1)
@@ -188,6 +191,20 @@ def test_episode_batch_shapes_and_determinism(tiny_dataset):
     assert vb["frame_ids"].tolist() == list(range(16))
 
 
+def test_device_augmentation_matches_the_cpu_path(tiny_dataset):
+    """The same generator draws either way: identical boxes and masks; the pixels (warp and
+    colour jitter as tensor ops vs cv2 on uint8) within rounding."""
+    on_device, *_ = sampler_for(tiny_dataset)
+    on_cpu, *_ = sampler_for(tiny_dataset, augment_on_device=False)
+    for index in range(3):
+        a, b = on_device.train_batch(0, index), on_cpu.train_batch(0, index)
+        for k in ("boxes", "mask", "references", "ref_index", "object_ids", "source_ids"):
+            assert torch.equal(a[k], b[k]), k
+        qa = queries_on_device(a, torch.device("cpu"), 128, False)
+        qb = queries_on_device(b, torch.device("cpu"), 128, False)
+        assert qa.shape == qb.shape and (qa - qb).abs().mean() < 2 / 255 and (qa - qb).abs().max() < 0.1
+
+
 def test_frame_sampler_walks_every_annotated_frame_without_references(tiny_dataset):
     """Non-episodic stage 1: batch_size frames from all videos, each with its own object as the
     target; an epoch's annotated frames come without repeats, in a per-epoch order."""
@@ -197,7 +214,8 @@ def test_frame_sampler_walks_every_annotated_frame_without_references(tiny_datas
     assert n_pos == sum(len(v.pos) for v in sampler.videos) and len(sampler.neg_pairs) > 0
     for i in range(3):
         b = sampler.train_batch(epoch=0, index=i)
-        assert b["query"].shape == (6, 3, 128, 128) and b["references"].numel() == 0
+        assert queries_on_device(b, torch.device("cpu"), 128, False).shape == (6, 3, 128, 128)
+        assert b["references"].numel() == 0
         assert b["ref_index"].numel() == 0 and b["object_ids"].numel() == 0
         assert b["mask"][:, 0].tolist() == [True] * 3 + [False] * 3  # neg_fraction 0.5
         assert len({int(s) for s in b["source_ids"]}) >= 2  # frames of several videos in one batch

@@ -31,6 +31,7 @@ import torch
 
 from refdet.config import DataConfig
 from refdet.data.aeroeyes import VideoEntry
+from refdet.data.device_augment import PAD, theta_for
 from refdet.data.frames import (
     CachedFrames,
     FrameCache,
@@ -38,8 +39,6 @@ from refdet.data.frames import (
     train_frames,
     val_frames,
 )
-
-PAD = 114
 
 
 @dataclass
@@ -113,9 +112,27 @@ def warp_box(box: np.ndarray, m: np.ndarray, size: int, min_visible: float = 0.3
     return np.array([cx1, cy1, cx2, cy2], np.float32)
 
 
-def hsv_jitter(img: np.ndarray, rng: np.random.Generator, gains=(0.015, 0.5, 0.3)) -> np.ndarray:
+HSV_GAINS = (0.015, 0.5, 0.3)
+
+
+def hsv_factors(rng: np.random.Generator, gains=HSV_GAINS) -> np.ndarray:
+    """The per-image hue/saturation/value multipliers (one draw of the generator)."""
+    return rng.uniform(-1, 1, 3) * gains + 1
+
+
+@dataclass
+class RawQuery:
+    """A query left unwarped for the device (refdet.data.device_augment): the cached frame,
+    the pixel affine to the query size, and the colour multipliers (1, 1, 1: none)."""
+
+    frame: np.ndarray
+    matrix: np.ndarray
+    hsv: np.ndarray
+
+
+def hsv_jitter(img: np.ndarray, rng: np.random.Generator, gains=HSV_GAINS) -> np.ndarray:
     """YOLO-style hue/saturation/value jitter through lookup tables (RGB uint8 in, out)."""
-    r = rng.uniform(-1, 1, 3) * gains + 1
+    r = hsv_factors(rng, gains)
     hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
     x = np.arange(256, dtype=np.float32)
     lut_h = ((x * r[0]) % 180).astype(np.uint8)
@@ -127,6 +144,19 @@ def hsv_jitter(img: np.ndarray, rng: np.random.Generator, gains=(0.015, 0.5, 0.3
 
 def to_chw(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def raw_queries(queries: list[RawQuery], size: int) -> dict[str, torch.Tensor]:
+    """Unwarped frames on one uint8 canvas (top-left, padded with PAD) [B, 3, H, W], the
+    affine_grid thetas [B, 2, 3] to `size`, and the colour multipliers [B, 3]."""
+    h = max(q.frame.shape[0] for q in queries)
+    w = max(q.frame.shape[1] for q in queries)
+    canvas = np.full((len(queries), h, w, 3), PAD, np.uint8)
+    for i, q in enumerate(queries):
+        canvas[i, : q.frame.shape[0], : q.frame.shape[1]] = q.frame
+    return {"query": torch.from_numpy(canvas).permute(0, 3, 1, 2),
+            "query_theta": torch.from_numpy(np.stack([theta_for(q.matrix, (h, w), size) for q in queries])),
+            "query_hsv": torch.from_numpy(np.stack([q.hsv for q in queries]).astype(np.float32))}
 
 
 class VideoSampler:
@@ -151,9 +181,12 @@ class VideoSampler:
         augment = rng is not None
         flip = augment and bool(rng.random() < 0.5)
         m = letterbox_matrix(w, h, cfg.img_size, rng if augment else None, flip=flip)
-        out = warp(img, m, cfg.img_size)
-        if augment:
-            out = hsv_jitter(out, rng)
+        if cfg.augment_on_device:  # the same generator draws; the pixels are the device's work
+            out = RawQuery(img, m, hsv_factors(rng) if augment else np.ones(3))
+        else:
+            out = warp(img, m, cfg.img_size)
+            if augment:
+                out = hsv_jitter(out, rng)
         box = video.boxes[idx]
         tbox = warp_box(box, m, cfg.img_size) if target and not np.isnan(box[0]) else None
         return out, tbox
@@ -183,8 +216,8 @@ class VideoSampler:
             yield self._collate([q for q, _ in items], [b for _, b in items], [0] * len(items), refs,
                                 [video.object_id], [int(video.cached.frame_ids[i]) for i in idx])
 
-    @staticmethod
-    def _collate(queries, boxes, ref_index, refsets, object_ids, frame_ids) -> dict[str, torch.Tensor]:
+    def _collate(self, queries, boxes, ref_index, refsets, object_ids, frame_ids) -> dict[str, torch.Tensor]:
+        size = self.cfg.img_size
         b = len(queries)
         box_t = torch.zeros(b, 1, 4)
         mask = torch.zeros(b, 1, dtype=torch.bool)
@@ -192,8 +225,8 @@ class VideoSampler:
             if box is not None:
                 box_t[i, 0] = torch.from_numpy(box)
                 mask[i, 0] = True
-        return {
-            "query": to_chw(queries),
+        batch = {
+            "query": to_chw(queries) if not queries or not isinstance(queries[0], RawQuery) else None,
             "references": torch.stack([to_chw(r) for r in refsets]) if refsets else torch.empty(0, dtype=torch.uint8),
             "ref_index": torch.tensor(ref_index, dtype=torch.long),
             "boxes": box_t,
@@ -201,6 +234,9 @@ class VideoSampler:
             "object_ids": torch.tensor(object_ids, dtype=torch.long),
             "frame_ids": torch.tensor(frame_ids, dtype=torch.long),
         }
+        if batch["query"] is None:
+            batch.update(raw_queries(queries, size))
+        return batch
 
 
 class EpisodeSampler(VideoSampler):

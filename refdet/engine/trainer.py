@@ -17,7 +17,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 
 from refdet.config import TrainConfig
 from refdet.data import load_splits
+from refdet.data.device_augment import queries_on_device
 from refdet.data.episodes import (
     EpisodeSampler,
     EpochIndices,
@@ -118,6 +119,8 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
+        if self.device.type != "cuda" and d.augment_on_device:
+            d = replace(d, augment_on_device=False)  # cv2 in the loader is the faster CPU path
         splits = load_splits(d)
         self.dataset_summary = splits.summary
         ids = object_identities(splits.train + splits.val)
@@ -133,7 +136,8 @@ class Trainer:
     def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict]:
         dev = self.device
         non_blocking = dev.type == "cuda"  # with pinned memory: copies overlap compute
-        query = batch["query"].to(dev, non_blocking=non_blocking).float().div_(255).contiguous(memory_format=torch.channels_last)
+        query = queries_on_device(batch, dev, self.cfg.data.img_size, non_blocking).contiguous(
+            memory_format=torch.channels_last)
         targets = {k: batch[k].to(dev, non_blocking=non_blocking) for k in ("boxes", "mask", "object_ids")}
         if not self.cfg.data.episodic:  # the plain detector: references are not used, even in validation
             return query, None, None, targets
