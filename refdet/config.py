@@ -38,6 +38,7 @@ class ModelConfig:
     num_classes: int = 1
     embed_dim: int = 128  # CPE projection size
     roi_size: int = 4  # ROI-align output cells per side (averaged: CPE uses the ROI mean)
+    pretrained: str = ""  # a YOLOv8n-layout state dict for backbone, neck and box branch (refdet/model/pretrained.py)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ class TrainConfig:
         absolute = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
         d = self.data
         return replace(self, data=replace(d, root=absolute(d.root), val_root=absolute(d.val_root), cache_dir=absolute(d.cache_dir)),
-                       checkpoint=absolute(self.checkpoint))
+                       checkpoint=absolute(self.checkpoint),
+                       model=replace(self.model, pretrained=absolute(self.model.pretrained)))
 
     def validate(self) -> None:
         checks = [

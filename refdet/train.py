@@ -38,6 +38,7 @@ FLAGS = {
     "data_root": ("data.root", str),
     "val_data_root": ("data.val_root", str),
     "checkpoint": ("checkpoint", str),
+    "pretrained": ("model.pretrained", str),
     "val_interval": ("val_interval", int),
     "output_dir": ("output_dir", str),
     "steps_per_epoch": ("steps_per_epoch", int),
