@@ -226,3 +226,26 @@ def test_a_trial_no_node_can_fit_is_refused_before_anything_runs(ray_local, tiny
     assert rc == 2 and "needs 64 CPU and 0.5 GPU" in err and "2 CPU, 0 GPU" in err
     assert "--set resources.cpu=2 --set resources.gpu=0" in err
     assert not (tmp_path / "results" / "toobig").exists()  # nothing half-written
+
+
+def test_an_out_of_memory_model_build_is_infeasible_oom_and_never_retried(ray_local, tiny_dataset, tmp_path):
+    """A real allocation failure (a model far too wide for this machine) at build time, in
+    a real trial: told infeasible with reason oom, never retried (no error.txt)."""
+    from tune.run import main
+
+    space = write_space(tmp_path, tiny_dataset, "oom", num_samples=2, initial_lr=2e-3, lr_high=1e-2)
+    raw = yaml.safe_load(space.read_text())
+    raw["base"]["model"].update({"width_multiple": 2000.0, "max_channels": 1000000})
+    space.write_text(yaml.safe_dump(raw))
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--max-failures", "2"])
+    exp = tmp_path / "results" / "oom"
+    assert rc == 0
+    rows = leaderboard(exp)
+    assert [r["stop_reason"] for r in rows] == ["oom", "oom"], rows
+    assert not list(exp.glob("*/error.txt"))  # no failure, so no retry
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="oom", storage=JournalStorage(JournalFileBackend(str(exp / "optuna.log"))))
+    assert all(t.state == TrialState.COMPLETE and t.constraints == {"health": 1.0}
+               and t.user_attrs["stop_reason"] == "oom" for t in study.get_trials())

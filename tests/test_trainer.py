@@ -221,3 +221,15 @@ def test_out_of_memory_is_caught_freed_and_fatal(tiny_cfg, monkeypatch):
     assert "62 GB" in result.verdict.values["error"]
     assert result.metrics["health/stop_reason"] == "oom" and result.metrics["health/fatal"] == 1.0
     assert all(p.grad is None for p in trainer.model.parameters())  # gradients released
+
+
+def test_a_failed_cpu_allocation_counts_as_out_of_memory():
+    from refdet.engine.device import is_out_of_memory
+
+    try:
+        torch.empty(10**13)  # 40 TB: torch's CPU allocator refuses with a RuntimeError
+    except RuntimeError as exc:
+        assert is_out_of_memory(exc)
+    else:  # pragma: no cover - a machine with 40 TB
+        pytest.skip("the allocation succeeded")
+    assert is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))

@@ -18,7 +18,7 @@ import ray
 from ray import tune
 
 from refdet.config import TrainConfig
-from refdet.engine.device import OOM_ERRORS, cpu_threads, oom_verdict, release_memory
+from refdet.engine.device import cpu_threads, is_out_of_memory, oom_verdict, release_memory
 from refdet.engine.health import Verdict
 from refdet.engine.trainer import Trainer
 
@@ -111,7 +111,9 @@ def run_trial(cfg: TrainConfig, metric: str, penalty: float) -> None:
                 trainer.save(Path(tmp) / CKPT_NAME)
                 tune.report(search_metrics(report, metric, penalty, False),
                             checkpoint=tune.Checkpoint.from_directory(tmp))
-    except OOM_ERRORS as exc:
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
         if trainer is not None:
             release_memory(trainer.device)
         tune.report(fatal_report(oom_verdict(exc, step + 1), metric, penalty, last))

@@ -14,7 +14,15 @@ from refdet.engine.health import Verdict
 GB = 1024**3
 
 
-OOM_ERRORS = (torch.cuda.OutOfMemoryError, MemoryError)
+# A failed CPU allocation is a RuntimeError from torch's allocator, not a MemoryError.
+CPU_OOM_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, Python's MemoryError, or torch's CPU allocator running out."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in CPU_OOM_MESSAGES)
 
 
 def oom_verdict(exc: BaseException, step: int) -> Verdict:

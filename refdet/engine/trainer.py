@@ -39,9 +39,9 @@ from refdet.data.frames import FrameCache
 from refdet.engine.checkpoint import load_checkpoint, save_checkpoint
 from refdet.engine.device import (
     GB,
-    OOM_ERRORS,
     cpu_threads,
     host_rss_gb,
+    is_out_of_memory,
     oom_verdict,
     release_memory,
     resolve_device,
@@ -281,7 +281,9 @@ class Trainer:
                 if verdict is not None:
                     break
                 t_data = time.perf_counter()
-        except OOM_ERRORS as exc:
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
             verdict = self._oom(exc)
         return {f"train/{k}": v / max(n, 1) for k, v in sums.items()}, verdict
 
@@ -326,7 +328,9 @@ class Trainer:
             try:
                 self.val_metrics = self.evaluate()
                 validated = True
-            except OOM_ERRORS as exc:
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 verdict = self._oom(exc)
         leak = self.health.end_epoch(self.epoch, self.step, host_rss_gb())
         verdict = verdict or leak
