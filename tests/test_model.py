@@ -123,7 +123,7 @@ def test_fusion_equals_the_concatenated_mix(channels_last, shape):
 def test_every_parameter_gets_finite_gradient(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg)
-    crit = build_criterion(LossConfig(), model, stage=2)
+    crit = build_criterion(LossConfig(), model.cfg.reg_max, model.cpe_embed, stage=2)
     q, refs, ri, tg = make_batch()
     loss = crit(model(q, refs, ri), tg)
     loss.total.backward()
@@ -137,7 +137,7 @@ def test_every_parameter_gets_finite_gradient(tiny_model_cfg):
 
 def test_empty_targets_give_finite_loss_with_zero_box_terms(tiny_model_cfg):
     model = build_model(tiny_model_cfg)
-    crit = build_criterion(LossConfig(), model, stage=2)
+    crit = build_criterion(LossConfig(), model.cfg.reg_max, model.cpe_embed, stage=2)
     q, refs, ri, tg = make_batch(with_targets=False)
     out = crit(model(q, refs, ri), tg)
     assert torch.isfinite(out.total)
@@ -230,7 +230,7 @@ def test_postprocess_threshold_and_nms(tiny_model_cfg):
 def test_cpe_positive_when_targets_and_gradient_reaches_fusion(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg)
-    crit = build_criterion(LossConfig(), model, stage=2)
+    crit = build_criterion(LossConfig(), model.cfg.reg_max, model.cpe_embed, stage=2)
     q, refs, ri, tg = make_batch()
     out = crit(model(q, refs, ri), tg)
     assert out.stats["cpe_positives"].item() > 0 and out.terms["cpe"].item() > 0
@@ -241,7 +241,7 @@ def test_cpe_positive_when_targets_and_gradient_reaches_fusion(tiny_model_cfg):
 
 def test_cpe_exactly_zero_without_positives(tiny_model_cfg):
     model = build_model(tiny_model_cfg)
-    crit = build_criterion(LossConfig(cpe_iou_threshold=1.01), model, stage=2)
+    crit = build_criterion(LossConfig(cpe_iou_threshold=1.01), model.cfg.reg_max, model.cpe_embed, stage=2)
     q, refs, ri, tg = make_batch()
     out = crit(model(q, refs, ri), tg)
     assert out.terms["cpe"].item() == 0.0 and out.stats["cpe_positives"].item() == 0
@@ -250,7 +250,7 @@ def test_cpe_exactly_zero_without_positives(tiny_model_cfg):
 
 def test_cpe_refuses_missing_features(tiny_model_cfg):
     model = build_model(tiny_model_cfg)
-    crit = build_criterion(LossConfig(), model, stage=2)
+    crit = build_criterion(LossConfig(), model.cfg.reg_max, model.cpe_embed, stage=2)
     q, refs, ri, tg = make_batch()
     out = model(q, refs, ri)
     del out["fused_features"]
@@ -261,7 +261,7 @@ def test_cpe_refuses_missing_features(tiny_model_cfg):
 def test_overfit_one_batch_halves_loss(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg)
-    crit = build_criterion(LossConfig(), model, stage=2)
+    crit = build_criterion(LossConfig(), model.cfg.reg_max, model.cpe_embed, stage=2)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     q, refs, ri, tg = make_batch()
     losses = []
@@ -277,7 +277,7 @@ def test_overfit_one_batch_halves_loss(tiny_model_cfg):
 def test_loss_scale_independent_of_batch_size(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg).eval()  # eval: BN statistics do not depend on the batch
-    crit = build_criterion(LossConfig(cpe_weight=0.0), model, stage=1)
+    crit = build_criterion(LossConfig(cpe_weight=0.0), model.cfg.reg_max, model.cpe_embed, stage=1)
     q, refs, ri, tg = make_batch()
     one = crit(model(q, refs, ri), tg)
     q2, ri2 = torch.cat([q, q]), torch.cat([ri, ri])

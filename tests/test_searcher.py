@@ -111,3 +111,17 @@ def test_stale_validation_values_are_not_intermediate_values(tmp_path):
     s.on_trial_complete("t", result(4, 0.3))
     trials, _ = states(tmp_path, spec)
     assert trials["t"].intermediate_values == {2: 0.2}
+
+
+def test_a_nonfinite_validation_metric_is_a_fatal_verdict_never_a_value():
+    from refdet.engine.trainer import EpochResult
+    from tune.trainable import fatal_report, nonfinite_metric, search_metrics
+
+    healthy = EpochResult(2, 40, {"val/st_iou": 0.2, "train/loss": 1.0}, None, True)
+    assert nonfinite_metric(healthy, "val/st_iou") is None
+    nan = EpochResult(2, 40, {"val/st_iou": float("nan"), "train/loss": 1.0}, None, True)
+    v = nonfinite_metric(nan, "val/st_iou")
+    assert v.stop_reason == "nonfinite"
+    report = fatal_report(v, "val/st_iou", 0.0, nan.metrics)
+    assert report["health/fatal"] == 1.0 and report["val/st_iou"] == 0.0  # the penalty, told infeasible
+    assert search_metrics({"train/loss": float("inf")}, "val/st_iou", 0.0, False)["train/loss"] == -1.0

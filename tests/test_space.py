@@ -130,3 +130,24 @@ def test_set_overrides_the_base_in_the_dry_run(tmp_path, monkeypatch, capsys):
     assert "epochs 3 x 7 steps" in out and str(tmp_path / "elsewhere") in out
     assert main(["--space", write(tmp_path, GOOD), "--resume", "--set", "steps_per_epoch=7"]) == 2
     assert "keeps the base it started with" in capsys.readouterr().err
+
+
+def test_rungs_must_fall_on_validated_epochs(tmp_path):
+    from tune.space import asha_rungs
+
+    assert asha_rungs(1, 2, 3) == [1, 2] and asha_rungs(4, 3, 20) == [4, 12] and asha_rungs(2, 2, 4) == [2, 4]
+    stale = GOOD.replace("base: smoke", "base: smoke\nbase_overrides: {val_interval: 2}")
+    with pytest.raises(SpaceError, match=r"rungs at epochs \[1\] are not validated with val_interval 2"):
+        load_space(write(tmp_path, stale))
+    fine = stale.replace("grace_period: 1", "grace_period: 2").replace("max_t: 3", "max_t: 4")
+    assert load_space(write(tmp_path, fine, "f.yaml")).base.val_interval == 2  # rungs 2, 4
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "smoke", "--set", "val_interval=3",
+                        "--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "not validated with val_interval 3" in r.stderr
+
+
+def test_verdict_inputs_cannot_be_searched(tmp_path):
+    bad = GOOD.replace("  optim.lr: {type: loguniform", "  health.grad_norm_max: {type: uniform, low: 10, high: 100}\n"
+                                                        "  optim.lr: {type: loguniform")
+    with pytest.raises(SpaceError, match="health.grad_norm_max: cannot be searched: a health verdict"):
+        load_space(write(tmp_path, bad))

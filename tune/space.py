@@ -262,6 +262,40 @@ def _base(raw: dict, path: Path) -> TrainConfig:
     return cfg
 
 
+def _initial_points(points: Any, params: dict[str, ParamSpec], where: str) -> list[dict]:
+    """search.initial_points: each sets exactly the searched params, typed and in range."""
+    if not isinstance(points, list):
+        raise SpaceError(f"{where}: search.initial_points: expected a list of mappings")
+    initial = []
+    for i, pt in enumerate(points):
+        if not isinstance(pt, dict) or set(pt) != set(params):
+            raise SpaceError(f"{where}: search.initial_points[{i}]: must set exactly the searched params "
+                             f"({', '.join(params)})")
+        fixed = {}
+        for k, v in pt.items():
+            p = params[k]
+            try:
+                v = coerce(v, int if p.type == "int" else type(p.values[0]) if p.type == "choice" else float, k)
+            except ConfigError as exc:
+                raise SpaceError(f"{where}: search.initial_points[{i}]: {exc}") from None
+            if not _in_range(p, v):
+                raise SpaceError(f"{where}: search.initial_points[{i}].{k}: {v!r} is outside {p.describe()}")
+            fixed[k] = v
+        initial.append(fixed)
+    return initial
+
+
+def _resources(raw: dict, where: str) -> tuple[float, float]:
+    res = _section(raw, "resources", where, {"cpu", "gpu"})
+    cpu = _num(res.get("cpu", 1), "resources.cpu", where, float)
+    gpu = _num(res.get("gpu", 0), "resources.gpu", where, float, 0)
+    if cpu <= 0:
+        raise SpaceError(f"{where}: resources.cpu: must be > 0")
+    if gpu > 1 and not float(gpu).is_integer():
+        raise SpaceError(f"{where}: resources.gpu: fractions are for sharing one GPU (<= 1), got {gpu}")
+    return cpu, gpu
+
+
 def load_space(name_or_path: str) -> SearchSpec:
     path = resolve_space_path(name_or_path)
     where = str(path)
@@ -292,25 +326,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     max_concurrent = _num(search.get("max_concurrent", 2), "search.max_concurrent", where, int, 1)
     seed = _num(search.get("seed", 0), "search.seed", where, int, 0)
     penalty = _num(search.get("penalty", 0.0 if mode == "max" else 1e6), "search.penalty", where)
-    points = search.get("initial_points", []) or []
-    if not isinstance(points, list):
-        raise SpaceError(f"{where}: search.initial_points: expected a list of mappings")
-    initial = []
-    for i, pt in enumerate(points):
-        if not isinstance(pt, dict) or set(pt) != set(params):
-            raise SpaceError(f"{where}: search.initial_points[{i}]: must set exactly the searched params "
-                             f"({', '.join(params)})")
-        fixed = {}
-        for k, v in pt.items():
-            p = params[k]
-            try:
-                v = coerce(v, int if p.type == "int" else type(p.values[0]) if p.type == "choice" else float, k)
-            except ConfigError as exc:
-                raise SpaceError(f"{where}: search.initial_points[{i}]: {exc}") from None
-            if not _in_range(p, v):
-                raise SpaceError(f"{where}: search.initial_points[{i}].{k}: {v!r} is outside {p.describe()}")
-            fixed[k] = v
-        initial.append(fixed)
+    initial = _initial_points(search.get("initial_points", []) or [], params, where)
 
     sched = _section(raw, "scheduler", where, {"type", "max_t", "grace_period", "reduction_factor"})
     if sched.get("type", "asha") != "asha":
@@ -321,13 +337,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     if grace > max_t:
         raise SpaceError(f"{where}: scheduler.grace_period: must be <= max_t ({grace} > {max_t})")
 
-    res = _section(raw, "resources", where, {"cpu", "gpu"})
-    cpu = _num(res.get("cpu", 1), "resources.cpu", where, float)
-    gpu = _num(res.get("gpu", 0), "resources.gpu", where, float, 0)
-    if cpu <= 0:
-        raise SpaceError(f"{where}: resources.cpu: must be > 0")
-    if gpu > 1 and not float(gpu).is_integer():
-        raise SpaceError(f"{where}: resources.gpu: fractions are for sharing one GPU (<= 1), got {gpu}")
+    cpu, gpu = _resources(raw, where)
     final_epochs = _num(raw.get("final_epochs", 100), "final_epochs", where, int, 1)
 
     base = _base(raw, path)

@@ -90,7 +90,7 @@ class Trainer:
             for line in load_pretrained(model, cfg.model.pretrained):
                 self.log.line(line)
         self.model = model.to(self.device, memory_format=torch.channels_last)
-        self.criterion = build_criterion(cfg.loss, self.model, cfg.stage)
+        self.criterion = build_criterion(cfg.loss, cfg.model.reg_max, self.model.cpe_embed, cfg.stage)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_schedule(self.optimizer, cfg.optim, cfg.steps_per_epoch, cfg.epochs)
         cuda = self.device.type == "cuda"

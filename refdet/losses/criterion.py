@@ -96,8 +96,10 @@ class RefDetLoss(nn.Module):
         return LossOutput(total, terms, stats)
 
 
-def build_criterion(cfg: LossConfig, model: nn.Module, stage: int) -> RefDetLoss:
-    return RefDetLoss(cfg, model.cfg.reg_max, model.cpe_embed, use_cpe=stage == 2)
+def build_criterion(cfg: LossConfig, reg_max: int, embedder: nn.Module, stage: int) -> RefDetLoss:
+    """The loss of a stage: CPE only in stage 2. `embedder` is the model's proposal embedder
+    (its parameters train with the model); the caller hands it over."""
+    return RefDetLoss(cfg, reg_max, embedder, use_cpe=stage == 2)
 
 
 __all__ = ["LossOutput", "RefDetLoss", "TERMS", "build_criterion"]
