@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from pathlib import Path
 
 from refdet.engine.health import StepStats
@@ -84,3 +85,25 @@ class RunLog:
         if self._tb:
             self._tb.close()
         self._text = self._jsonl = self._tb = None
+
+
+class StepTrace:
+    """The step signals an epoch's report carries (for TensorBoard): every `log_every`-th
+    step, and every step of the last `recent` before a stop -- what a health rule looked at.
+    Those extra steps also go to the run's own TensorBoard."""
+
+    def __init__(self, log: RunLog, recent: int):
+        self.log, self.rows = log, []
+        self.recent: deque[dict[str, float]] = deque(maxlen=max(1, recent))
+
+    def add(self, s: StepStats, final: bool) -> None:
+        row = step_signals(s)
+        if self.log.due(s):
+            self.rows.append(row)
+        self.recent.append(row)
+        if final:
+            seen = {r["step"] for r in self.rows}
+            extra = [r for r in self.recent if r["step"] not in seen]
+            for r in extra:
+                self.log.scalars(r)
+            self.rows = sorted(self.rows + extra, key=lambda r: r["step"])

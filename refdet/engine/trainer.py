@@ -15,7 +15,6 @@ import math
 import os
 import random
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,7 +47,7 @@ from refdet.engine.device import (
 )
 from refdet.engine.health import HealthMonitor, StepStats, Verdict, longest_patience
 from refdet.engine.optim import build_optimizer, build_schedule
-from refdet.engine.runlog import RunLog, step_signals
+from refdet.engine.runlog import RunLog, StepTrace
 from refdet.losses.criterion import build_criterion
 from refdet.metrics import ap50, mean_st_iou, recall50, top_box
 from refdet.model import build_model
@@ -261,7 +260,7 @@ class Trainer:
         error anywhere in the epoch (a batch, a step) is an `oom` verdict."""
         sums: dict[str, float] = {}
         n = 0
-        self.trace, self.recent = [], deque(maxlen=longest_patience(self.cfg.health))
+        self.trace = StepTrace(self.log, longest_patience(self.cfg.health))
         verdict = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # peak per epoch window
@@ -271,7 +270,7 @@ class Trainer:
                 stats = self.train_step(batch, time.perf_counter() - t_data)
                 self.log.step(stats)
                 verdict = self.health.update(stats)
-                self._trace(stats, final=verdict is not None)
+                self.trace.add(stats, final=verdict is not None)
                 if not stats.nonfinite:
                     n += 1
                     for k, v in {"loss": stats.loss, **{f"loss_{t}": x for t, x in stats.terms.items()}}.items():
@@ -286,21 +285,6 @@ class Trainer:
                 raise
             verdict = self._oom(exc)
         return {f"train/{k}": v / max(n, 1) for k, v in sums.items()}, verdict
-
-    def _trace(self, s: StepStats, final: bool) -> None:
-        """Keep the step signals for the epoch's report: every `log_every`-th step, and every
-        step of the last stretch before a stop (what a health rule looked at)."""
-        row = step_signals(s)
-        if self.log.due(s):
-            self.trace.append(row)
-        self.recent.append(row)
-        if final:
-            seen = {r["step"] for r in self.trace}
-            self.trace.extend(r for r in self.recent if r["step"] not in seen)
-            self.trace.sort(key=lambda r: r["step"])
-            for r in self.recent:
-                if r["step"] % self.log.log_every and r["step"] != 1:
-                    self.log.scalars(r)
 
     def _oom(self, exc: BaseException) -> Verdict:
         if self.optimizer is not None:
@@ -338,7 +322,7 @@ class Trainer:
         self.log.epoch(metrics, self.step)
         if verdict is not None:
             self.log.line(verdict.message)
-        return EpochResult(self.epoch, self.step, metrics, verdict, validated, self.trace)
+        return EpochResult(self.epoch, self.step, metrics, verdict, validated, self.trace.rows)
 
     def epoch_metrics(self, train_metrics: dict, verdict: Verdict | None, validated: bool) -> dict:
         m = dict(train_metrics)
