@@ -47,8 +47,8 @@ class RunLog:
         """Steps that are logged: the first, every `log_every`-th, and any non-finite one."""
         return s.step == 1 or s.step % self.log_every == 0 or s.nonfinite
 
-    def step(self, s: StepStats, force: bool = False) -> None:
-        if not (force or self.due(s)):
+    def step(self, s: StepStats) -> None:
+        if not self.due(s):
             return
         terms = " | ".join(f"{TERM_LABELS.get(k, k + ' loss')} {v:.4f}" for k, v in s.terms.items())
         self.line(
