@@ -20,7 +20,7 @@ Box = Sequence[float]
 
 # The metric names of DESIGN.md, one place: console, metrics.jsonl, TensorBoard, Tune, the
 # space's search.metric and the report all use these.
-VAL_METRICS = ("val/st_iou", "val/ap50", "val/recall")
+VAL_METRICS = ("val/st_iou", "val/ap50", "val/recall", "val/loss")  # val/loss: unweighted box + class + DFL
 LOSS_TERMS = ("bbox", "cls", "dfl", "cpe")  # the criterion's terms, unweighted
 TRAIN_METRICS = ("train/loss", *(f"train/loss_{t}" for t in LOSS_TERMS))
 SEARCHABLE_METRICS = VAL_METRICS + TRAIN_METRICS

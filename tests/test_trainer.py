@@ -13,7 +13,8 @@ from refdet.engine.trainer import Trainer
 DESIGN_KEYS = {"train/loss", "train/loss_bbox", "train/loss_cls", "train/loss_dfl", "train/loss_cpe", "val/st_iou",
                "val/ap50", "val/recall", "lr", "epoch", "health/grad_norm_pre_max", "health/grad_norm_post_max",
                "health/clip_ratio_max", "health/nonfinite_steps", "health/cpe_zero_frac", "health/mem_rss_gb",
-               "health/mem_rss_growth", "health/mem_cuda_peak_gb", "health/fatal", "health/stop_reason", "val/fresh"}
+               "health/mem_rss_growth", "health/mem_cuda_peak_gb", "health/fatal", "health/stop_reason", "val/fresh",
+               "val/loss"}
 
 
 def test_metric_name_lists_are_the_design_names():
@@ -32,6 +33,7 @@ def test_healthy_training_reports_design_metrics(tiny_cfg, tmp_path):
     assert set(m) == DESIGN_KEYS
     assert m["health/stop_reason"] == "ok" and m["health/fatal"] == 0.0
     assert all(math.isfinite(v) for k, v in m.items() if k != "health/stop_reason")
+    assert m["val/loss"] > 0 and m["val/loss"] != results[0].metrics["val/loss"]  # measured each epoch
     s = steps[-1]
     assert isinstance(s.loss, float) and isinstance(s.grad_norm_pre, float) and s.mem_rss_gb > 0
     assert s.grad_norm_post <= trainer.cfg.optim.gradient_clip_norm + 1e-3

@@ -55,8 +55,9 @@ class TrialTensorBoard(TBXLoggerCallback):
             self.log_trial_start(trial)
         w = self._writers[trial]
         epoch = int(result.get("training_iteration", iteration))
+        stale = not result.get("val/fresh", 1.0)  # carried forward between validations: not a point
         for k, v in result.items():
-            if ("/" in k or k == "lr") and _number(v):
+            if ("/" in k or k == "lr") and _number(v) and not (stale and k.startswith("val/")):
                 w.add_scalar(k, v, epoch)
         for row in result.get("trace/steps") or ():
             step = int(row.get("step", 0))

@@ -45,7 +45,13 @@ from refdet.engine.device import (
     release_memory,
     resolve_device,
 )
-from refdet.engine.health import HealthMonitor, StepStats, Verdict, longest_patience
+from refdet.engine.health import (
+    DETECTION_TERMS,
+    HealthMonitor,
+    StepStats,
+    Verdict,
+    longest_patience,
+)
 from refdet.engine.optim import build_optimizer, build_schedule
 from refdet.engine.runlog import RunLog, StepTrace
 from refdet.losses.criterion import build_criterion
@@ -102,7 +108,7 @@ class Trainer:
         self.health = HealthMonitor(cfg.health, cpe_active=cfg.stage == 2, cuda_budget_gb=self.cuda_budget_gb())
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
-        self.val_metrics = {"val/st_iou": 0.0, "val/ap50": 0.0, "val/recall": 0.0}
+        self.val_metrics = {"val/st_iou": 0.0, "val/ap50": 0.0, "val/recall": 0.0, "val/loss": math.nan}  # until measured
         if cfg.checkpoint:
             self.load_weights(cfg.checkpoint)
 
@@ -196,18 +202,25 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batch_size: int = 16) -> dict[str, float]:
-        """ST-IoU over every cached validation frame (see refdet.data.frames), AP@0.5, recall@0.5."""
+        """ST-IoU over every cached validation frame (see refdet.data.frames), AP@0.5, recall@0.5,
+        and val/loss: the unweighted box + class + DFL loss, mean over frames (a signal that
+        moves while the detection metrics are still 0)."""
         self.model.eval()
         thr = self.cfg.conf_threshold
         videos, preds_ap, gts_ap, preds_rec = [], [], [], []
         outputs = None
+        loss_sum = torch.zeros((), device=self.device)
+        frames = 0
         for video in self.val_videos:
             gt, pred = {}, {}
             for batch in self.sampler.val_batches(video, batch_size):
-                query, refs, ref_index, _ = self.to_device(batch)
+                query, refs, ref_index, targets = self.to_device(batch)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
                     outputs = self.model(query, refs, ref_index)
+                terms = self.criterion(outputs, targets, with_cpe=False).terms
+                loss_sum += sum(terms[k] for k in DETECTION_TERMS) * len(query)
+                frames += len(query)
                 dets = postprocess(outputs, self.cfg.model.reg_max, conf_threshold=0.001)
                 for i, det in enumerate(dets):
                     frame = int(batch["frame_ids"][i])
@@ -225,7 +238,7 @@ class Trainer:
         del outputs
         release_memory(self.device)  # what validation allocated, before training resumes (the original leak)
         return {"val/st_iou": mean_st_iou(videos), "val/ap50": ap50(preds_ap, gts_ap),
-                "val/recall": recall50(preds_rec, gts_ap)}
+                "val/recall": recall50(preds_rec, gts_ap), "val/loss": float(loss_sum) / max(frames, 1)}
 
     # -- epochs ----------------------------------------------------------------------------
     def loader_workers(self) -> int:

@@ -57,9 +57,10 @@ class RefDetLoss(nn.Module):
         return {"bbox": c.bbox_weight, "cls": c.cls_weight, "dfl": c.dfl_weight,
                 "cpe": c.cpe_weight if self.use_cpe else 0.0}
 
-    def forward(self, outputs: dict, targets: dict[str, torch.Tensor]) -> LossOutput:
+    def forward(self, outputs: dict, targets: dict[str, torch.Tensor], with_cpe: bool = True) -> LossOutput:
         """targets: boxes [B, M, 4] px, mask [B, M] bool, labels [B, M] long (optional, 0),
-        object_ids [N] long (identity of each reference set; for CPE)."""
+        object_ids [N] long (identity of each reference set; for CPE). with_cpe=False: the
+        detection terms only (validation's loss)."""
         box_logits = outputs["box_logits"].float()
         cls_logits = outputs["cls_logits"].float()
         anchors, strides = outputs["anchors"], outputs["strides"]
@@ -85,7 +86,7 @@ class RefDetLoss(nn.Module):
         stats = {"num_fg": fg.sum().detach(), "num_gt": gt_mask.sum().detach(), "target_scores_sum": score_sum.detach(),
                  "cpe_positives": zero.detach(), "cpe_proposals": zero.detach()}
         loss_cpe = zero
-        if self.use_cpe:
+        if self.use_cpe and with_cpe:
             scores = cls_logits.detach().sigmoid().amax(-1)
             loss_cpe, cpe_stats = self.cpe(outputs, self.embedder, pred_boxes.detach(), scores,
                                            gt_boxes, gt_mask, targets["object_ids"])
