@@ -86,10 +86,15 @@ def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_data
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     rows = result_rows(exp)
-    assert len(rows) == SAMPLES
+    assert len(rows) == SAMPLES  # no trial ran twice
+    repeated = 0
     for rid, rs in rows.items():
         its = [r["training_iteration"] for r in rs]
-        assert its == list(range(1, len(its) + 1)), (rid, its)  # no epoch ran twice
+        # The epoch in flight at the Ctrl-C may run again after the resume (its checkpoint
+        # had not reached Tune's snapshot; seen once in ~10 runs); nothing else repeats.
+        assert sorted(set(its)) == list(range(1, max(its) + 1)) and len(its) - len(set(its)) <= 1, (rid, its)
+        repeated += len(its) - len(set(its))
+    assert repeated <= 2  # at most the trials running at the Ctrl-C (max_concurrent 2)
     with open(exp / "leaderboard.csv") as fh:
         board = list(csv.DictReader(fh))
     assert len(board) == SAMPLES and "running" not in {r["stop_reason"] for r in board}

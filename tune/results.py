@@ -49,17 +49,22 @@ class TrialRow:
 
 
 def _read_results(path: Path) -> list[dict]:
-    out = []
+    """A trial's result rows, one per epoch. An epoch can appear twice when the search was
+    interrupted while its report was in flight (the resumed trial runs it again from the
+    previous checkpoint): the later row wins."""
+    by_epoch: dict[int, dict] = {}
     if not path.is_file():
-        return out
+        return []
     for line in path.read_text(errors="replace").splitlines():
         line = line.strip()
         if line:
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line being written right now
-    return out
+            by_epoch.pop(int(row.get("training_iteration", 0)), None)
+            by_epoch[int(row.get("training_iteration", 0))] = row
+    return sorted(by_epoch.values(), key=lambda r: int(r.get("training_iteration", 0)))
 
 
 TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")
