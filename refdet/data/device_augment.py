@@ -66,4 +66,6 @@ def queries_on_device(batch: dict, device: torch.device, size: int, non_blocking
     if "query_theta" not in batch:  # warped on the CPU already
         return canvas.float().div_(255)
     img = warp_batch(canvas, batch["query_theta"].to(device, non_blocking=non_blocking), size)
+    if bool((batch["query_hsv"] == 1).all()):  # validation, or no augmentation: nothing to jitter
+        return img  # (checked on the host copy: no device sync)
     return hsv_jitter_batch(img, batch["query_hsv"].to(device, non_blocking=non_blocking))
