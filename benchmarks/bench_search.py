@@ -55,10 +55,10 @@ def analyse(exp: Path, wall: float) -> dict:
 
     spec = load_space(str(exp / "space.yaml"))
     rows = collect_trials(exp, spec)
-    from tune.results import _start_order
+    from tune.results import start_order
 
     busy, startups, doomed, durations = 0.0, [], [], []
-    for tdir in sorted((p.parent for p in exp.glob("*/params.json")), key=_start_order):
+    for tdir in sorted((p.parent for p in exp.glob("*/params.json")), key=start_order):
         results = [json.loads(x) for x in (tdir / "result.json").read_text().splitlines() if x.strip()]
         if not results:
             continue

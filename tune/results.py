@@ -48,7 +48,7 @@ class TrialRow:
     history: list = field(default_factory=list)  # (epoch, metric)
 
 
-def _read_results(path: Path) -> list[dict]:
+def read_results(path: Path) -> list[dict]:
     """A trial's result rows, one per epoch. An epoch can appear twice when the search was
     interrupted while its report was in flight (the resumed trial runs it again from the
     previous checkpoint): the later row wins."""
@@ -70,7 +70,7 @@ def _read_results(path: Path) -> list[dict]:
 TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")
 
 
-def _start_order(tdir: Path) -> tuple[int, str]:
+def start_order(tdir: Path) -> tuple[int, str]:
     m = TRIAL_DIR.search(tdir.name)
     return (int(m.group(2)), tdir.name) if m else (10**9, tdir.name)
 
@@ -78,13 +78,13 @@ def _start_order(tdir: Path) -> tuple[int, str]:
 def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
     """One row per Ray trial folder, in start order."""
     rows = []
-    for params_file in sorted(exp.glob("*/params.json"), key=lambda p: _start_order(p.parent)):
+    for params_file in sorted(exp.glob("*/params.json"), key=lambda p: start_order(p.parent)):
         tdir = params_file.parent
         try:
             params = json.loads(params_file.read_text())
         except json.JSONDecodeError:
             continue
-        results = _read_results(tdir / "result.json")
+        results = read_results(tdir / "result.json")
         m = TRIAL_DIR.search(tdir.name)
         trial_id = results[-1].get("trial_id") if results else (m.group(1) if m else tdir.name)
         row = TrialRow(str(trial_id), {k: params.get(k) for k in spec.params})
@@ -190,6 +190,18 @@ class Report:
         return (f"the search is incomplete: {self.finished} of {self.spec.num_samples} trials finished; "
                 f"no best_config.yaml is written until it is (continue it with --resume)")
 
+    def expected_rerun(self) -> str:
+        """What a re-run of the exported config should score, said honestly: the confirmed mean
+        over new seeds where there is one; otherwise the search value is one seed, the best of
+        many, and biased upwards (the winner's curse)."""
+        best = self.best
+        conf = next((c for c in self.confirm if best and c["source_trial"] == best.trial_id and c["values"]), None)
+        if conf:
+            return (f"expected on a re-run: {conf['mean']:.4f} (mean of {len(conf['values'])} new seeds, std "
+                    f"{conf['std']:.4f}; the search measured {best.best:.4f})")
+        return (f"expected on a re-run: not measured -- {best.best:.4f} is one seed, the best of {len(self.rows)} "
+                f"trials, so a re-run most likely scores lower; --confirm-top K --seeds S measures it")
+
     def console_summary(self) -> str:
         lines = ["trials by stop reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))]
         if not self.complete:
@@ -197,6 +209,7 @@ class Report:
         elif self.best:
             lines.append(f"best trial {self.best.trial_id}: {self.spec.metric} {self.best.best:.4f} with "
                          + ", ".join(f"{k}={fmt_number(v)}" for k, v in self.best.params.items()))
+            lines.append(self.expected_rerun())
             lines.append(f"best config: {self.exp / 'best_config.yaml'}")
         else:
             lines.append("no healthy trial produced a validation value; no best_config.yaml written")
@@ -260,7 +273,8 @@ def summary_md(report: Report) -> str:
         lines += [f"**Interrupted**: {report.incomplete_note()}.", ""]
     if report.best:
         lines += [f"**Best trial** `{report.best.trial_id}`: {spec.metric} = {report.best.best:.4f} "
-                  f"(best over its epochs), " + ", ".join(f"`{k}`={fmt_number(v)}" for k, v in report.best.params.items()), ""]
+                  f"(best over its epochs), " + ", ".join(f"`{k}`={fmt_number(v)}" for k, v in report.best.params.items()),
+                  "", report.expected_rerun(), ""]
     lines += ["## Totals", "", "| stop reason | trials |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report.counts().items())]
     lines += ["", f"trial-epochs spent: {spent}; running every trial to max_t: {full}; "
@@ -298,12 +312,9 @@ def write_best_config(report: Report) -> Path:
     cfg = spec.trial_config(best.params).with_overrides(
         {"epochs": spec.final_epochs, "output_dir": str(final_dir), "device": "auto", "num_threads": 0})
     path = report.exp / "best_config.yaml"
-    conf = next((c for c in report.confirm if c["source_trial"] == best.trial_id), None)
-    confirmed = (f"confirmed over {len(conf['values'])} new seeds: mean {conf['mean']:.4f}, std {conf['std']:.4f}\n"
-                 if conf else "")
     header = (f"best_config.yaml of search '{spec.name}' ({report.exp})\n"
               f"trial {best.trial_id}: {spec.metric} = {best.best:.4f} (best over {best.epochs} epochs, {best.reason})\n"
-              + confirmed
+              + report.expected_rerun() + "\n"
               + "".join(f"  {k} = {fmt_number(v)}\n" for k, v in best.params.items())
               + f"final run ({spec.final_epochs} epochs), either:\n"
               f"  python -m refdet.train --config {path}\n"

@@ -1,0 +1,149 @@
+"""Record learning curves once, so searches can be replayed against them (replay_search.py).
+
+    python benchmarks/record_curves.py --space smoke --n 36 --seeds 3 --seeded 12
+    python benchmarks/record_curves.py --space hazard --n 16
+
+Runs `n` configurations of the space -- its initial points first, then a scrambled Sobol
+design over the space (Optuna's QMCSampler: space-filling, log where the space is log) -- each
+to max_t through the project's own trainable (Ray Tune, FIFO: no early stopping, every health
+rule live). The first `seeded` configurations also run with `seeds - 1` more seeds (base seed
++1, +2, ...), so the replay can draw a seed per trial and measure seed noise. Writes the table
+described in benchmarks/curves.py (default benchmarks/curves/<space>.jsonl) and prints how
+long recording took. Ray's trial folders go to benchmarks/out/record/<space>-<time>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.curves import Run, write_table  # noqa: E402
+
+SERIES = ("val/st_iou", "val/ap50", "val/recall", "val/loss", "val/fresh", "train/loss", "train/loss_bbox",
+          "train/loss_cls", "train/loss_dfl", "train/loss_cpe", "health/grad_norm_pre_max", "health/mem_rss_gb")
+
+
+def design(spec, n: int, seed: int) -> list[dict]:
+    """The space's initial points, then a scrambled Sobol sequence over its distributions."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    points = [dict(p) for p in spec.initial_points][:n]
+    study = optuna.create_study(sampler=optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed))
+    dists = {k: p.distribution() for k, p in spec.params.items()}
+    while len(points) < n:
+        t = study.ask(dists)
+        spec.trial_config(t.params)  # each must make a valid TrainConfig
+        points.append(dict(t.params))
+        study.tell(t, 0.0)
+    return points
+
+
+def record_trainable(config: dict, spec=None, runs=None, points=None) -> None:
+    """One recorded run: configuration `runs[i][0]` with seed `runs[i][1]`, to max_t."""
+    from tune.trainable import confirm_trainable
+
+    config_index, seed = runs[config["run"]]
+    confirm_trainable({"candidate": config_index, "seed": seed}, spec=spec, candidates=points)
+
+
+def run_record(spec, points: list[dict], runs: list[tuple[int, int]], storage: Path, name: str):
+    from ray import tune
+
+    from tune.session import ray_session, run_config
+
+    with ray_session(None):
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(record_trainable, spec=spec, runs=runs, points=points),
+                                {"cpu": spec.cpu, "gpu": spec.gpu}),
+            param_space={"run": tune.grid_search(list(range(len(runs))))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            run_config=run_config(name, str(storage), callbacks=[], keep=1, max_failures=1,
+                                  reporter=tune.CLIReporter(metric_columns={"training_iteration": "epoch",
+                                                                            spec.metric: "metric"},
+                                                            max_report_frequency=60)),
+        )
+        return tuner.fit()
+
+
+def to_runs(grid, spec, points: list[dict], runs: list[tuple[int, int]]) -> list[Run]:
+    from tune.results import read_results
+
+    out = []
+    for res in grid:
+        config_index, seed = runs[res.config["run"]]
+        rows = read_results(Path(res.path) / "result.json")
+        series = {"time_s": [float(r.get("time_this_iter_s", 0.0)) for r in rows]}
+        for k in SERIES:
+            series[k] = [float(r.get(k, float("nan"))) if isinstance(r.get(k), (int, float)) else float("nan")
+                         for r in rows]
+        stop = None
+        if rows and rows[-1].get("health/fatal"):
+            last = rows[-1]
+            stop = {"reason": str(last.get("health/stop_reason")), "rule": str(last.get("health/rule")),
+                    "step": int(last.get("health/step", 0))}
+            series[spec.metric][-1] = float(spec.penalty)
+        error = str(res.error).splitlines()[0][:200] if res.error else None
+        out.append(Run(config_index, seed, points[config_index], series, stop, error))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--space", required=True)
+    ap.add_argument("--n", type=int, default=32, help="configurations (initial points first)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per seeded configuration")
+    ap.add_argument("--seeded", type=int, default=8, help="how many configurations (the first) get --seeds seeds")
+    ap.add_argument("--design-seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/curves/<space>.jsonl")
+    ap.add_argument("--storage", type=Path, default=ROOT / "benchmarks" / "out" / "record")
+    args = ap.parse_args(argv)
+
+    from refdet.data.synthetic import ensure_dataset
+    from tune.space import SpaceError, load_space
+
+    try:
+        spec = load_space(args.space)
+    except SpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if spec.base.data.synthetic:
+        ensure_dataset(spec.base.data)
+    points = design(spec, args.n, args.design_seed)
+    base_seed = spec.base.seed
+    runs = [(i, base_seed) for i in range(len(points))]
+    runs += [(i, base_seed + s) for i in range(min(args.seeded, len(points))) for s in range(1, args.seeds)]
+    name = f"{spec.name}-{time.strftime('%m%d-%H%M%S')}"
+    print(f"recording {len(points)} configurations, {len(runs)} runs of {spec.max_t} epochs, "
+          f"{spec.max_concurrent} at a time -> {args.storage / name}")
+    t0 = time.time()
+    grid = run_record(spec, points, runs, args.storage, name)
+    wall = time.time() - t0
+    recorded = to_runs(grid, spec, points, runs)
+    out = args.out or ROOT / "benchmarks" / "curves" / f"{spec.name}.jsonl"
+    header = {"space": spec.name, "space_file": str(spec.path.relative_to(ROOT)) if spec.path.is_relative_to(ROOT)
+              else str(spec.path), "metric": spec.metric, "mode": spec.mode, "max_t": spec.max_t,
+              "penalty": spec.penalty,
+              "params": {k: {"type": p.type, "low": p.low, "high": p.high, "log": p.log or p.type == "loguniform",
+                             "values": list(p.values)} for k, p in spec.params.items()},
+              "recorded": {"date": time.strftime("%Y-%m-%d"), "wall_s": round(wall, 1), "runs": len(runs),
+                           "configs": len(points), "concurrency": spec.max_concurrent, "cpu_per_trial": spec.cpu,
+                           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+                           "design": f"initial points + scrambled Sobol (seed {args.design_seed})",
+                           "seeds": f"{base_seed} for all; +1..+{args.seeds - 1} for configs 0..{args.seeded - 1}"}}
+    write_table(out, header, recorded)
+    stops = sum(r.stop is not None for r in recorded)
+    errors = sum(r.error is not None for r in recorded)
+    print(f"recorded {len(recorded)} runs in {wall:.0f} s ({wall / 60:.1f} min): {stops} health-stopped, "
+          f"{errors} errored -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
