@@ -29,6 +29,11 @@ HEALTH_METRICS = ("health/grad_norm_pre_max", "health/grad_norm_post_max", "heal
                   "health/mem_cuda_peak_gb", "health/fatal", "health/stop_reason")
 
 
+def lower_is_better(name: str) -> bool:
+    """Losses are minimised; ST-IoU, AP and recall maximised."""
+    return name == "val/loss" or name.startswith("train/loss")
+
+
 def box_iou(a: Box, b: Box) -> float:
     iw = min(a[2], b[2]) - max(a[0], b[0])
     ih = min(a[3], b[3]) - max(a[1], b[1])

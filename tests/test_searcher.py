@@ -124,4 +124,7 @@ def test_a_nonfinite_validation_metric_is_a_fatal_verdict_never_a_value():
     assert v.stop_reason == "nonfinite"
     report = fatal_report(v, "val/st_iou", 0.0, nan.metrics)
     assert report["health/fatal"] == 1.0 and report["val/st_iou"] == 0.0  # the penalty, told infeasible
-    assert search_metrics({"train/loss": float("inf")}, "val/st_iou", 0.0, False)["train/loss"] == -1.0
+    out = search_metrics({"train/loss": float("inf"), "val/loss": float("nan"), "val/ap50": 0.1}, "val/st_iou", 0.0, False)
+    assert out["train/loss"] == -1.0 and out["val/loss"] == -1.0 and out["val/ap50"] == 0.1
+    assert out["health/nonfinite_metrics"] == "train/loss,val/loss"  # no decision reads those -1.0 as values
+    assert "health/nonfinite_metrics" not in search_metrics({"val/ap50": 0.1}, "val/st_iou", 0.0, False)

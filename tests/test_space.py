@@ -57,6 +57,8 @@ def test_shipped_spaces_are_valid():
     (("optim.warmup_epochs: 3, optim.lr: 1.0e-4}", "optim.warmup_epochs: 7, optim.lr: 1.0e-4}"), "outside"),
     (("resources: {cpu: 1, gpu: 0.5}", "resources: {cpu: 0, gpu: 0.5}"), "resources.cpu"),
     (("base: smoke", "base: nosuchpreset"), "base"),
+    (("reduction_factor: 2}", "reduction_factor: 2, tie_break: val/banana}"), "scheduler.tie_break"),
+    (("reduction_factor: 2}", "reduction_factor: 2, tie_break: val/st_iou}"), "other than search.metric"),
     (("search: {", "bogus: 1\nsearch: {"), "bogus: unknown key"),
 ])
 def test_invalid_spaces_name_file_and_key(tmp_path, change, match):

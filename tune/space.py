@@ -96,6 +96,7 @@ class SearchSpec:
     cpu: float = 1.0
     gpu: float = 0.0
     final_epochs: int = 100
+    tie_break: str | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -113,7 +114,8 @@ class SearchSpec:
     def summary(self) -> str:
         lines = [f"search space {self.name} ({self.path})",
                  f"  metric {self.metric} ({self.mode}); {self.num_samples} trials, {self.max_concurrent} at a time, seed {self.seed}",
-                 f"  ASHA on epochs: max_t {self.max_t}, grace {self.grace_period}, reduction {self.reduction_factor}",
+                 f"  ASHA on epochs: max_t {self.max_t}, grace {self.grace_period}, reduction {self.reduction_factor}"
+                 + (f", ties broken by {self.tie_break}" if self.tie_break else ""),
                  f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; health-stopped trials report {self.penalty:g}"]
         lines += [f"  {p.path}: {p.describe()}" for p in self.params.values()]
         for pt in self.initial_points:
@@ -328,7 +330,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     penalty = _num(search.get("penalty", 0.0 if mode == "max" else 1e6), "search.penalty", where)
     initial = _initial_points(search.get("initial_points", []) or [], params, where)
 
-    sched = _section(raw, "scheduler", where, {"type", "max_t", "grace_period", "reduction_factor"})
+    sched = _section(raw, "scheduler", where, {"type", "max_t", "grace_period", "reduction_factor", "tie_break"})
     if sched.get("type", "asha") != "asha":
         raise SpaceError(f"{where}: scheduler.type: only 'asha' is supported")
     max_t = _num(sched.get("max_t", 4), "scheduler.max_t", where, int, 1)
@@ -336,6 +338,10 @@ def load_space(name_or_path: str) -> SearchSpec:
     reduction = _num(sched.get("reduction_factor", 2), "scheduler.reduction_factor", where, int, 2)
     if grace > max_t:
         raise SpaceError(f"{where}: scheduler.grace_period: must be <= max_t ({grace} > {max_t})")
+    tie_break = sched.get("tie_break")
+    if tie_break is not None and (tie_break not in SEARCH_METRICS or tie_break == metric):
+        raise SpaceError(f"{where}: scheduler.tie_break: {tie_break!r} must be a reported metric other than "
+                         f"search.metric (one of {', '.join(m for m in SEARCH_METRICS if m != metric)}), or null")
 
     cpu, gpu = _resources(raw, where)
     final_epochs = _num(raw.get("final_epochs", 100), "final_epochs", where, int, 1)
@@ -343,17 +349,17 @@ def load_space(name_or_path: str) -> SearchSpec:
     base = _base(raw, path)
     try:
         base = base.with_overrides({"epochs": max_t}).resolve_paths()
-        for pt in initial or [{k: _midpoint(p) for k, p in params.items()}]:
+        for pt in initial or [{k: midpoint(p) for k, p in params.items()}]:
             base.with_overrides(pt)  # every path and type is checked against TrainConfig here
     except ConfigError as exc:
         raise SpaceError(f"{where}: {exc}") from None
     spec = SearchSpec(name, path.resolve(), base, params, metric, mode, num_samples, max_concurrent, seed,
-                      tuple(initial), penalty, max_t, grace, reduction, cpu, gpu, final_epochs, raw)
+                      tuple(initial), penalty, max_t, grace, reduction, cpu, gpu, final_epochs, tie_break, raw)
     check_rungs_validated(spec)
     return spec
 
 
-def _midpoint(p: ParamSpec) -> Any:
+def midpoint(p: ParamSpec) -> Any:
     if p.type == "choice":
         return p.values[0]
     if p.type == "int":

@@ -38,13 +38,18 @@ def search_metrics(result_metrics: dict, metric: str, penalty: float, fatal: boo
     """The report: every metric, the search metric finite; a fatal trial reports the penalty.
     A non-finite search metric on a healthy epoch is a fatal `nonfinite` verdict (see
     run_trial), never a feasible value. Other non-finite values (a NaN training loss) are
-    reported as -1.0: Tune, ASHA and TensorBoard's HParams view all choke on NaN."""
+    reported as -1.0 (Tune, ASHA and TensorBoard's HParams view all choke on NaN) and named in
+    `health/nonfinite_metrics` (comma-separated), so no decision reads the -1.0 as a value."""
     out = dict(result_metrics)
     if fatal:
         out[metric] = float(penalty)
+    replaced = []
     for k, v in list(out.items()):
         if isinstance(v, float) and not math.isfinite(v):
             out[k] = -1.0
+            replaced.append(k)
+    if replaced:
+        out["health/nonfinite_metrics"] = ",".join(replaced)
     return out
 
 
