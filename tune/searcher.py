@@ -172,12 +172,14 @@ class RefDetOptunaSearch(OptunaSearch):
             log.warning("reconciled the Optuna journal on restore: %d orphan trial(s) told FAIL", n)
 
 
-def build_searcher(spec, storage_path: str | None):
+def build_searcher(spec, storage_path: str | None, sampler: optuna.samplers.BaseSampler | None = None):
     """TPE (seeded; random start for the first third of the trials, at most 10), the
-    known-good configuration enqueued first, an Optuna journal file as storage."""
+    known-good configuration enqueued first, an Optuna journal file as storage (in memory
+    without a path). `sampler` replaces TPE (the replay benchmark's baselines)."""
     storage = JournalStorage(JournalFileBackend(storage_path)) if storage_path else None
     space = {k: p.distribution() for k, p in spec.params.items()}
     return RefDetOptunaSearch(
         space=space, metric=spec.metric, mode=spec.mode, points_to_evaluate=list(spec.initial_points) or None,
-        sampler=make_sampler(spec), storage=storage, study_name=spec.name, max_t=spec.max_t, penalty=spec.penalty,
+        sampler=sampler or make_sampler(spec), storage=storage, study_name=spec.name, max_t=spec.max_t,
+        penalty=spec.penalty,
     )
