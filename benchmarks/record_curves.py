@@ -7,7 +7,9 @@ Runs `n` configurations of the space -- its initial points first, then a scrambl
 design over the space (Optuna's QMCSampler: space-filling, log where the space is log) -- each
 to max_t through the project's own trainable (Ray Tune, FIFO: no early stopping, every health
 rule live). The first `seeded` configurations also run with `seeds - 1` more seeds (base seed
-+1, +2, ...), so the replay can draw a seed per trial and measure seed noise. Writes the table
++1, +2, ...), so the replay can draw a seed per trial and measure seed noise. `--top K` extends
+an existing table instead: its K best configurations get the missing seeds, so the values that
+decide the benchmark (the best configurations') are means over seeds, not lucky single runs. Writes the table
 described in benchmarks/curves.py (default benchmarks/curves/<space>.jsonl) and prints how
 long recording took. Ray's trial folders go to benchmarks/out/record/<space>-<time>.
 """
@@ -15,6 +17,7 @@ long recording took. Ray's trial folders go to benchmarks/out/record/<space>-<ti
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -23,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.curves import Run, write_table  # noqa: E402
+from benchmarks.curves import CurveError, Run, read_table, write_table  # noqa: E402
 
 SERIES = ("val/st_iou", "val/ap50", "val/recall", "val/loss", "val/fresh", "train/loss", "train/loss_bbox",
           "train/loss_cls", "train/loss_dfl", "train/loss_cpe", "health/grad_norm_pre_max", "health/mem_rss_gb")
@@ -100,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=32, help="configurations (initial points first)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per seeded configuration")
     ap.add_argument("--seeded", type=int, default=8, help="how many configurations (the first) get --seeds seeds")
+    ap.add_argument("--top", type=int, default=0,
+                    help="extend the existing table instead: give its K best configurations --seeds seeds")
     ap.add_argument("--design-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/curves/<space>.jsonl")
     ap.add_argument("--storage", type=Path, default=ROOT / "benchmarks" / "out" / "record")
@@ -108,41 +113,67 @@ def main(argv=None) -> int:
     from refdet.data.synthetic import ensure_dataset
     from tune.space import SpaceError, load_space
 
+    if args.n < 1 or args.seeds < 1 or args.seeded < 0 or args.top < 0:
+        print("error: --n and --seeds must be >= 1, --seeded and --top >= 0", file=sys.stderr)
+        return 2
     try:
         spec = load_space(args.space)
     except SpaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = args.out or ROOT / "benchmarks" / "curves" / f"{spec.name}.jsonl"
+    base_seed = spec.base.seed
+    if args.top:
+        try:
+            table = read_table(out)
+        except CurveError as exc:
+            print(f"error: --top extends a table: {exc}", file=sys.stderr)
+            return 2
+        groups = table.configs()
+        points = [groups[c][0].params for c in sorted(groups)]
+        ranked = sorted(groups, key=lambda c: -table.sign * table.config_value(c))[: args.top]
+        have = {(r.config, r.seed) for r in table.runs}
+        runs = [(c, base_seed + s) for c in ranked for s in range(args.seeds) if (c, base_seed + s) not in have]
+        header, previous = table.header, table.runs
+    else:
+        points = design(spec, args.n, args.design_seed)
+        runs = [(i, base_seed) for i in range(len(points))]
+        runs += [(i, base_seed + s) for i in range(min(args.seeded, len(points))) for s in range(1, args.seeds)]
+        header, previous = table_header(spec, args, base_seed), []
     if spec.base.data.synthetic:
         ensure_dataset(spec.base.data)
-    points = design(spec, args.n, args.design_seed)
-    base_seed = spec.base.seed
-    runs = [(i, base_seed) for i in range(len(points))]
-    runs += [(i, base_seed + s) for i in range(min(args.seeded, len(points))) for s in range(1, args.seeds)]
     name = f"{spec.name}-{time.strftime('%m%d-%H%M%S')}"
-    print(f"recording {len(points)} configurations, {len(runs)} runs of {spec.max_t} epochs, "
+    print(f"recording {len(runs)} runs of {spec.max_t} epochs ({len({c for c, _ in runs})} configurations), "
           f"{spec.max_concurrent} at a time -> {args.storage / name}")
     t0 = time.time()
-    grid = run_record(spec, points, runs, args.storage, name)
+    recorded = to_runs(run_record(spec, points, runs, args.storage, name), spec, points, runs) if runs else []
     wall = time.time() - t0
-    recorded = to_runs(grid, spec, points, runs)
-    out = args.out or ROOT / "benchmarks" / "curves" / f"{spec.name}.jsonl"
-    header = {"space": spec.name, "space_file": str(spec.path.relative_to(ROOT)) if spec.path.is_relative_to(ROOT)
-              else str(spec.path), "metric": spec.metric, "mode": spec.mode, "max_t": spec.max_t,
-              "penalty": spec.penalty,
-              "params": {k: {"type": p.type, "low": p.low, "high": p.high, "log": p.log or p.type == "loguniform",
-                             "values": list(p.values)} for k, p in spec.params.items()},
-              "recorded": {"date": time.strftime("%Y-%m-%d"), "wall_s": round(wall, 1), "runs": len(runs),
-                           "configs": len(points), "concurrency": spec.max_concurrent, "cpu_per_trial": spec.cpu,
-                           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
-                           "design": f"initial points + scrambled Sobol (seed {args.design_seed})",
-                           "seeds": f"{base_seed} for all; +1..+{args.seeds - 1} for configs 0..{args.seeded - 1}"}}
-    write_table(out, header, recorded)
+    rec = dict(header.get("recorded", {}))
+    rec["wall_s"] = round(float(rec.get("wall_s", 0.0)) + wall, 1)
+    rec["runs"] = len(previous) + len(recorded)
+    if args.top:
+        rec["extended"] = (rec.get("extended", "") + f"; {time.strftime('%Y-%m-%d')}: seeds for the top {args.top} "
+                           f"({len(recorded)} runs, {wall:.0f} s)").lstrip("; ")
+    write_table(out, {k: v for k, v in header.items() if k not in ("table", "version")} | {"recorded": rec},
+                previous + recorded)
     stops = sum(r.stop is not None for r in recorded)
     errors = sum(r.error is not None for r in recorded)
     print(f"recorded {len(recorded)} runs in {wall:.0f} s ({wall / 60:.1f} min): {stops} health-stopped, "
           f"{errors} errored -> {out}")
     return 0
+
+
+def table_header(spec, args, base_seed: int) -> dict:
+    return {"space": spec.name, "space_file": str(spec.path.relative_to(ROOT)) if spec.path.is_relative_to(ROOT)
+            else str(spec.path), "metric": spec.metric, "mode": spec.mode, "max_t": spec.max_t,
+            "penalty": spec.penalty,
+            "params": {k: {"type": p.type, "low": p.low, "high": p.high, "log": p.log or p.type == "loguniform",
+                           "values": list(p.values)} for k, p in spec.params.items()},
+            "recorded": {"date": time.strftime("%Y-%m-%d"), "wall_s": 0.0, "runs": 0,
+                         "configs": args.n, "concurrency": spec.max_concurrent, "cpu_per_trial": spec.cpu,
+                         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                         "design": f"initial points + scrambled Sobol (seed {args.design_seed})",
+                         "seeds": f"{base_seed} for all; +1..+{args.seeds - 1} for configs 0..{args.seeded - 1}"}}
 
 
 if __name__ == "__main__":

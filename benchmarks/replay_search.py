@@ -399,6 +399,9 @@ def main(argv=None) -> int:
     except CurveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.seeds < 1 or args.budget <= 0 or min(args.concurrency) < 1:
+        print("error: --seeds, --budget and --concurrency must be positive", file=sys.stderr)
+        return 2
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         print(f"error: unknown strategy {unknown[0]!r} (known: {', '.join(STRATEGIES)})", file=sys.stderr)
@@ -408,13 +411,16 @@ def main(argv=None) -> int:
     jobs = [(str(args.curves), name, variant, c, seed, args.budget, full_s)
             for name, variant in kinds for c in args.concurrency for seed in range(args.seeds)]
     t0 = time.time()
+    from tqdm import tqdm
+
     if args.workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.workers) as pool:
-            runs = pool.map(replay_one, jobs, chunksize=max(1, len(jobs) // (8 * args.workers)))
+            runs = list(tqdm(pool.imap(replay_one, jobs, chunksize=max(1, len(jobs) // (16 * args.workers))),
+                             total=len(jobs), desc="replays", unit="search"))
     else:
-        runs = [replay_one(j) for j in jobs]
+        runs = [replay_one(j) for j in tqdm(jobs, desc="replays", unit="search")]
     summary = summarise(table, runs, args.budget)
     summary["full_trial_s"] = full_s
     summary["ties"] = tie_analysis(table, list(range(1, table.max_t)))
