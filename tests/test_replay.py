@@ -107,7 +107,7 @@ def test_tie_break_separates_a_flat_rung():
     assert fate(None) == {2: "completed", 0: "completed"}
     assert fate("val/loss") == {2: "completed", 0: "asha"}
     # ... and the table's own tie analysis counts that pair, and the val/loss call is right on it
-    ties = {t["rung"]: t for t in tie_analysis(read_table(TINY), [1, 2, 3])}
+    ties = {t["rung"]: t for t in tie_analysis(read_table(TINY), [1, 2, 3], "val/loss")}
     assert ties[2]["tied_pairs"] == 1 and ties[2]["secondary_right"] == 1
 
 
