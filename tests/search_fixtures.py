@@ -21,7 +21,9 @@ def write_space(tmp_path: Path, dataset: Path, name: str, num_samples: int, max_
             "optim.warmup_epochs": {"type": "int", "low": 0, "high": 1},
             "optim.lr": {"type": "loguniform", "low": 1e-4, "high": lr_high},
         },
+        # confirm_top 0: these test the search; the export's confirmation has its own tests
         "search": {"metric": metric, "mode": mode, "num_samples": num_samples, "max_concurrent": max_concurrent, "seed": 3,
+                   "confirm_top": 0,
                    "initial_points": [{"optim.gradient_clip_norm": initial_clip, "loss.dfl_weight": 0.75,
                                        "optim.warmup_epochs": 0, "optim.lr": initial_lr}]},
         "scheduler": {"type": "asha", "max_t": max_t, "grace_period": 1, "reduction_factor": 2},

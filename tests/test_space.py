@@ -153,3 +153,22 @@ def test_verdict_inputs_cannot_be_searched(tmp_path):
                                                         "  optim.lr: {type: loguniform")
     with pytest.raises(SpaceError, match="health.grad_norm_max: cannot be searched: a health verdict"):
         load_space(write(tmp_path, bad))
+
+
+def test_confirmation_and_tie_break_defaults(tmp_path):
+    from dataclasses import replace
+
+    smoke = load_space("smoke")
+    assert smoke.tie_break == "val/ap50"
+    assert smoke.confirm_plan() == (2, 2)  # a small search confirms its best before exporting
+    assert replace(smoke, num_samples=17).confirm_plan() == (0, 2)  # a larger one does not, unless asked
+    assert load_space("hazard").confirm_plan() == (0, 2)  # said so in the file
+    spec = load_space(write(tmp_path, GOOD.replace("max_concurrent: 2,", "max_concurrent: 2, confirm_top: 3, "
+                                                   "confirm_seeds: 4,").replace("reduction_factor: 2}",
+                                                                                 "reduction_factor: 2, tie_break: null}")))
+    assert spec.confirm_plan() == (3, 4) and spec.tie_break is None
+    train_loss = load_space(write(tmp_path, GOOD.replace("metric: val/st_iou, mode: max", "metric: train/loss, mode: min"),
+                                  name="m.yaml"))
+    assert train_loss.tie_break is None  # no default secondary for other metrics
+    with pytest.raises(SpaceError, match="search.confirm_top"):
+        load_space(write(tmp_path, GOOD.replace("max_concurrent: 2,", "max_concurrent: 2, confirm_top: -1,"), name="c.yaml"))

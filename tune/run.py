@@ -46,9 +46,12 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--storage", default=None,
                     help="experiment storage: a path or URI (s3://...) shared by all nodes (default ./results)")
     ap.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died (default 2)")
-    ap.add_argument("--confirm-top", type=int, default=0, metavar="K",
-                    help="after the search, re-run the K best configs with new seeds (see --seeds)")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per config for --confirm-top (default 3)")
+    ap.add_argument("--confirm-top", type=int, default=None, metavar="K",
+                    help="after the search, re-run the K best configs with new seeds (see --seeds) and export the "
+                         "best by mean; 0: off. Default: search.confirm_top, else 2 for a search of at most 16 "
+                         "trials, 0 for a larger one")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per config for --confirm-top (default "
+                    "search.confirm_seeds, 2)")
     ap.add_argument("--report-every", type=float, default=10.0, help="seconds between console tables (default 10)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the space's base TrainConfig, e.g. --set steps_per_epoch=20 "
@@ -75,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         run_search,
     )
 
+    confirm, seeds = spec.confirm_plan()
     opts = SearchOptions(space=args.space, storage=args.storage, address=args.address, resume=args.resume,
-                         max_failures=args.max_failures, confirm_top=args.confirm_top, seeds=args.seeds,
-                         report_every=args.report_every)
+                         max_failures=args.max_failures, report_every=args.report_every,
+                         confirm_top=confirm if args.confirm_top is None else args.confirm_top,
+                         seeds=seeds if args.seeds is None else args.seeds)
     try:
         return run_search(spec, opts)
     except ExperimentError as exc:
@@ -100,7 +105,7 @@ def apply_cli(spec, args):
             if v < 1:
                 raise SpaceError(f"--{flag.replace('_', '-')}: must be >= 1")
             changes[field] = v
-    if args.confirm_top < 0 or args.seeds < 1:
+    if (args.confirm_top is not None and args.confirm_top < 0) or (args.seeds is not None and args.seeds < 1):
         raise SpaceError("--confirm-top must be >= 0 and --seeds >= 1")
     base_items = [x for x in args.set if not x.startswith("resources.")]
     for item in args.set:

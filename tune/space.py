@@ -45,6 +45,8 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 SEARCH_METRICS = SEARCHABLE_METRICS
 TOP_KEYS = {"name", "base", "base_overrides", "params", "search", "scheduler", "health", "resources", "final_epochs"}
 DIST_TYPES = {"uniform", "loguniform", "int", "choice"}
+SMALL_SEARCH, CONFIRM_DEFAULT = 16, 2  # see SearchSpec.confirm_plan
+TIE_BREAK_DEFAULT = {"val/st_iou": "val/ap50"}  # see tune/scheduler.py and docs/design.md
 
 
 class SpaceError(ValueError):
@@ -97,12 +99,23 @@ class SearchSpec:
     gpu: float = 0.0
     final_epochs: int = 100
     tie_break: str | None = None
+    confirm_top: int | None = None  # None: CONFIRM_DEFAULT for a small search, else 0
+    confirm_seeds: int = 2
     raw: dict = field(default_factory=dict, compare=False)
 
     @property
     def sign(self) -> int:
         """+1 when the metric is maximised, -1 when minimised: `sign * value` is "higher is better"."""
         return 1 if self.mode == "max" else -1
+
+    def confirm_plan(self) -> tuple[int, int]:
+        """(K, seeds): after the search, re-run its K best configurations with `seeds` new seeds
+        and export the best by mean. Automatic (search.confirm_top unset): the top 2 with 2
+        seeds for a search of at most SMALL_SEARCH trials, where a single seed's luck decides
+        the export (benchmarks/README.md, replay of recorded curves); none for larger ones."""
+        if self.confirm_top is not None:
+            return self.confirm_top, self.confirm_seeds
+        return (CONFIRM_DEFAULT if self.num_samples <= SMALL_SEARCH else 0), self.confirm_seeds
 
     def best_of(self, values) -> float:
         return float(max(values) if self.mode == "max" else min(values))
@@ -117,6 +130,9 @@ class SearchSpec:
                  f"  ASHA on epochs: max_t {self.max_t}, grace {self.grace_period}, reduction {self.reduction_factor}"
                  + (f", ties broken by {self.tie_break}" if self.tie_break else ""),
                  f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; health-stopped trials report {self.penalty:g}"]
+        k, seeds = self.confirm_plan()
+        if k:
+            lines.append(f"  then the {k} best re-run with {seeds} new seeds each; the best by mean is exported")
         lines += [f"  {p.path}: {p.describe()}" for p in self.params.values()]
         for pt in self.initial_points:
             lines.append(f"  first trial (enqueued): {pt}")
@@ -317,7 +333,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     params = {str(k): _param(str(k), v, where) for k, v in params_raw.items()}
 
     search = _section(raw, "search", where, {"metric", "mode", "num_samples", "max_concurrent", "seed",
-                                              "initial_points", "penalty"})
+                                              "initial_points", "penalty", "confirm_top", "confirm_seeds"})
     metric = search.get("metric", "val/st_iou")
     if metric not in SEARCH_METRICS:
         raise SpaceError(f"{where}: search.metric: {metric!r} is not a reported metric (one of {', '.join(SEARCH_METRICS)})")
@@ -329,6 +345,10 @@ def load_space(name_or_path: str) -> SearchSpec:
     seed = _num(search.get("seed", 0), "search.seed", where, int, 0)
     penalty = _num(search.get("penalty", 0.0 if mode == "max" else 1e6), "search.penalty", where)
     initial = _initial_points(search.get("initial_points", []) or [], params, where)
+    confirm_top = search.get("confirm_top")
+    if confirm_top is not None:
+        confirm_top = _num(confirm_top, "search.confirm_top", where, int, 0)
+    confirm_seeds = _num(search.get("confirm_seeds", 2), "search.confirm_seeds", where, int, 1)
 
     sched = _section(raw, "scheduler", where, {"type", "max_t", "grace_period", "reduction_factor", "tie_break"})
     if sched.get("type", "asha") != "asha":
@@ -338,7 +358,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     reduction = _num(sched.get("reduction_factor", 2), "scheduler.reduction_factor", where, int, 2)
     if grace > max_t:
         raise SpaceError(f"{where}: scheduler.grace_period: must be <= max_t ({grace} > {max_t})")
-    tie_break = sched.get("tie_break")
+    tie_break = sched.get("tie_break", TIE_BREAK_DEFAULT.get(metric))
     if tie_break is not None and (tie_break not in SEARCH_METRICS or tie_break == metric):
         raise SpaceError(f"{where}: scheduler.tie_break: {tie_break!r} must be a reported metric other than "
                          f"search.metric (one of {', '.join(m for m in SEARCH_METRICS if m != metric)}), or null")
@@ -354,7 +374,8 @@ def load_space(name_or_path: str) -> SearchSpec:
     except ConfigError as exc:
         raise SpaceError(f"{where}: {exc}") from None
     spec = SearchSpec(name, path.resolve(), base, params, metric, mode, num_samples, max_concurrent, seed,
-                      tuple(initial), penalty, max_t, grace, reduction, cpu, gpu, final_epochs, tie_break, raw)
+                      tuple(initial), penalty, max_t, grace, reduction, cpu, gpu, final_epochs, tie_break, confirm_top,
+                      confirm_seeds, raw)
     check_rungs_validated(spec)
     return spec
 
