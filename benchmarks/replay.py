@@ -49,7 +49,8 @@ class Finished:
     epochs: int
     reason: str  # completed | asha | <health stop reason> | error
     best: float | None  # best fresh, healthy metric value it reported
-    compute_s: float  # compute spent when it finished
+    compute_s: float  # compute spent by the whole search when it finished
+    own_s: float = 0.0  # compute this trial used
 
 
 @dataclass
@@ -129,7 +130,8 @@ class Replay:
             best = None
             if t.values and reason in ("completed", "asha"):
                 best = float(max(t.values) if self.sign > 0 else min(t.values))
-            tl.trials.append(Finished(t.trial_id, t.config, t.run.seed, t.epoch, reason, best, tl.compute_s))
+            tl.trials.append(Finished(t.trial_id, t.config, t.run.seed, t.epoch, reason, best, tl.compute_s,
+                                      sum(t.run.series["time_s"][: t.epoch])))
             row = TrialRow(t.trial_id, t.params)
             row.best, row.reason, row.epochs = best, reason, t.epoch
             row.config = t.config

@@ -176,7 +176,9 @@ def replay_one(job: tuple) -> dict:
     tl = Replay(table, searcher, scheduler, concurrency, budget * full_s, seed, health_as_error=as_error).run(spec)
     return {"strategy": strategy, "concurrency": concurrency, "seed": seed,
             "points": [(c / full_s, w / full_s, v, s) for c, w, v, s in tl.points],
-            "trials": len(tl.trials), "reasons": _count(t.reason for t in tl.trials)}
+            "trials": len(tl.trials), "reasons": _count(t.reason for t in tl.trials),
+            "unhealthy_s": sum(t.own_s for t in tl.trials if t.reason not in ("completed", "asha")) / full_s,
+            "finished_s": sum(t.own_s for t in tl.trials) / full_s}
 
 
 def _count(items) -> dict:
@@ -235,6 +237,8 @@ def summarise(table: CurveTable, runs: list[dict], budget: float, step: float = 
             **{f"to_within_{name}": reach_stats(rs, target, table.sign) for name, target in targets.items()},
             "final_regret": {"median": statistics.median(final), "iqr": quartiles(final)[::2]},
             "trials_median": statistics.median(r["trials"] for r in rs),
+            # compute of finished trials that ended in a health stop or a crash (a waste)
+            "unhealthy_compute_share": round(sum(r["unhealthy_s"] for r in rs) / max(1e-9, sum(r["finished_s"] for r in rs)), 3),
             "reasons": _count(k for r in rs for k, n in r["reasons"].items() for _ in range(n)),
         }
     return {"table": str(table.path), "sign": table.sign, "best": best, "target": targets["5pct"],
@@ -467,12 +471,13 @@ def report_text(summary: dict, concurrencies) -> str:
              f"one full trial = {summary['full_trial_s']:.1f} s",
              "",
              f"{'strategy':<32} {'to 5 %: median [IQR] reached':>30} {'to noise: median [IQR] reached':>32} "
-             f"{'final regret [IQR]':>26} {'trials':>6}"]
+             f"{'final regret [IQR]':>26} {'trials':>6} {'unhealthy':>9}"]
     for key, v in summary["strategies"].items():
         fr = v["final_regret"]
         lines.append(f"{key:<32} {_reach(v.get('to_within_5pct'), v['seeds']):>30} "
                      f"{_reach(v.get('to_within_noise'), v['seeds']):>32} "
-                     f"{fr['median']:>8.4f} [{fr['iqr'][0]:.4f}, {fr['iqr'][1]:.4f}] {v['trials_median']:>6.0f}")
+                     f"{fr['median']:>8.4f} [{fr['iqr'][0]:.4f}, {fr['iqr'][1]:.4f}] {v['trials_median']:>6.0f} "
+                     f"{v['unhealthy_compute_share']:>9.0%}")
     for c in concurrencies:
         lines.append(f"\ngoal at concurrency {c}:")
         lines += goal(summary, c)

@@ -69,7 +69,7 @@ def test_compute_and_clock_accounting():
     for t in tl.trials:
         run = next(r for r in table.configs()[t.config] if r.seed == t.seed)
         spent += sum(run.series["time_s"][: t.epochs])
-    assert math.isclose(tl.compute_s, spent)
+    assert math.isclose(tl.compute_s, spent) and math.isclose(sum(t.own_s for t in tl.trials), spent)
     assert tl.compute_s / 2 <= tl.wall_s + 1e-9 <= tl.compute_s
     assert len(tl.trials) == 12
     # the incumbent is what the report would export: the best completed/ASHA-stopped trial
