@@ -24,8 +24,9 @@ trials' worth of compute is spent, once per seed and concurrency:
 
 Writes <out>/replay.json (per strategy and concurrency: the incumbent's full-budget value
 against compute, median and interquartile range over seeds; the compute to come within 5 % of
-the table's best; the final regret next to the seed noise) and <out>/replay.png, and prints a
-summary. Compute is in full-trial equivalents (one = the median wall time of a recorded run
+the table's best and within one seed-noise std of it; the final regret next to the seed noise;
+the share of compute spent in health-stopped trials; the tie and confirmation analyses),
+<out>/replay.png (and replay-variants.png), and prints a summary. Compute is in full-trial equivalents (one = the median wall time of a recorded run
 that reached max_t).
 """
 
@@ -374,30 +375,38 @@ def _fmt(x) -> str:
     return "never" if x is None else f"{x:.1f}"
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, path: Path, variants: bool = False) -> None:
+    """The strategies (or, with `variants`, the default and its variants): the incumbent's
+    full-budget value against compute, median and IQR over seeds, one panel per concurrency."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def shown(v):
+        return v["strategy"].startswith("default") if variants else ":" not in v["strategy"]
+
     concs = sorted({v["concurrency"] for v in summary["strategies"].values()})
     fig, axes = plt.subplots(1, len(concs), figsize=(6.5 * len(concs), 4.5), squeeze=False)
     for ax, conc in zip(axes[0], concs):
-        mine = [v for v in summary["strategies"].values() if v["concurrency"] == conc]
+        mine = [v for v in summary["strategies"].values() if v["concurrency"] == conc and shown(v)]
         mine.sort(key=lambda v: v["strategy"] == "default")  # the default drawn last, on top
         for i, v in enumerate(mine):
             default = v["strategy"] == "default"
             line, = ax.plot(v["grid"], v["median"], label=v["strategy"], lw=2.4 if default else 1.3,
                             ls="-" if default or i % 2 == 0 else "--", zorder=3 if default else 2)
-            ax.fill_between(v["grid"], v["q25"], v["q75"], alpha=0.15, color=line.get_color())
+            ax.fill_between(v["grid"], v["q25"], v["q75"], alpha=0.12, color=line.get_color())
         ax.axhline(summary["best"], color="k", lw=0.8, ls=":", label="table best")
         ax.axhline(summary["target"], color="k", lw=0.8, ls="--", label="within 5 %")
+        if "noise" in summary["targets"]:
+            ax.axhline(summary["targets"]["noise"], color="grey", lw=0.8, ls="-.", label="within one seed-noise std")
         ax.set_xlabel("compute (full-trial equivalents)")
-        ax.set_ylabel("incumbent's full-budget value")
-        ax.set_title(f"concurrency {conc}: median, IQR over {next(iter(summary['strategies'].values()))['seeds']} seeds")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("incumbent's full-budget value (mean over seeds)")
+        seeds = mine[0]["seeds"] if mine else 0
+        ax.set_title(f"concurrency {conc}: median and IQR over {seeds} seeds")
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -458,6 +467,8 @@ def main(argv=None) -> int:
 
     atomic_write_text(out / "replay.json", json.dumps(summary, indent=1))
     plot(summary, out / "replay.png")
+    if args.variant:
+        plot(summary, out / "replay-variants.png", variants=True)
     print(report_text(summary, args.concurrency))
     print(f"\n{len(jobs)} replays in {summary['replay_wall_s']:.0f} s -> {out / 'replay.json'}, {out / 'replay.png'}")
     return 0
