@@ -153,3 +153,22 @@ def test_tie_break_never_reads_a_stale_or_nonfinite_secondary():
     assert decide({"val/loss": 4.0, "val/fresh": 1.0}) == "CONTINUE"
     assert decide({"val/loss": -1.0, "val/fresh": 1.0, "health/nonfinite_metrics": "val/loss"}) == "CONTINUE"
     assert decide({"val/loss": 6.0, "val/fresh": 0.0}) == "CONTINUE"
+
+
+def test_tie_break_state_survives_pickling():
+    """Tune snapshots the scheduler and restores it by unpickling: the secondary values
+    recorded before a restore still decide ties after it."""
+    import pickle
+    from types import SimpleNamespace
+
+    from tune.scheduler import HealthAwareASHA
+
+    s = HealthAwareASHA(time_attr="training_iteration", metric="val/st_iou", mode="max", max_t=4,
+                        grace_period=2, reduction_factor=2, tie_break="val/ap50")
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    s.on_trial_add(None, a)
+    s.on_trial_add(None, b)
+    s.on_trial_result(None, a, {"training_iteration": 2, "val/st_iou": 0.0, "val/ap50": 0.02, "val/fresh": 1.0})
+    s = pickle.loads(pickle.dumps(s))
+    assert s.on_trial_result(None, b, {"training_iteration": 2, "val/st_iou": 0.0, "val/ap50": 0.01,
+                                       "val/fresh": 1.0}) == "STOP"

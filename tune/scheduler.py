@@ -5,7 +5,7 @@ The trainer already ends a fatal trial within the step (its trainable returns af
 report); stopping it here as well covers a trainable that would carry on, and keeps the
 decision visible to Tune (the trial's last result is the fatal one).
 
-Tie-break (`scheduler.tie_break` in the space, e.g. val/loss): early in training every trial
+Tie-break (`scheduler.tie_break` in the space; val/ap50 by default for val/st_iou): early in training every trial
 can score exactly the same (ST-IoU 0.0 for the first ~100 steps), and ASHA's rule -- stop a
 trial below the rung's quantile -- then stops nothing. When a trial's value equals the rung's
 cutoff exactly, the decision goes to the secondary signal instead: the trial is stopped if
@@ -33,7 +33,8 @@ class HealthAwareASHA(ASHAScheduler):
         super().__init__(*args, **kwargs)
         self._tie_metric = tie_break
         self._tie_sign = (-1.0 if lower_is_better(tie_break) else 1.0) if tie_break else 1.0
-        self._tie_values: dict[tuple[int, float], dict[str, float]] = {}  # (bracket, rung) -> trial -> secondary
+        # (bracket index, rung) -> trial -> secondary; an index, not id(): it survives Tune's pickling
+        self._tie_values: dict[tuple[int, float], dict[str, float]] = {}
         self._num_tie_stopped = 0
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -76,7 +77,7 @@ class HealthAwareASHA(ASHAScheduler):
         for milestone, recorded in bracket._rungs:
             if cur < milestone or trial.trial_id in recorded:
                 continue
-            return (id(bracket), milestone), dict(recorded)
+            return (self._brackets.index(bracket), milestone), dict(recorded)
         return None
 
     def _secondary(self, result: dict) -> float | None:
