@@ -7,13 +7,16 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from optuna.trial import TrialState
 
 from benchmarks.curves import CurveError, Nearest, read_table
 from benchmarks.replay import Replay, seed_everything
-from benchmarks.replay_search import build, load_spec, main, tie_analysis
+from benchmarks.replay_analysis import tie_analysis
+from benchmarks.replay_search import main
+from benchmarks.strategies import build, load_spec
 
 TINY = Path(__file__).parent / "fixtures" / "curves_tiny.jsonl"
 
@@ -133,21 +136,29 @@ def test_cli_writes_the_table_and_refuses_a_broken_one(tmp_path, capsys):
         read_table(tmp_path / "missing.jsonl")
 
 
+def asha_after_first_trial(tie_break: str, first: dict):
+    """A tie-breaking ASHA with trials a and b added and a recorded at rung 2 with `first`."""
+    from tune.scheduler import HealthAwareASHA
+
+    s = HealthAwareASHA(time_attr="training_iteration", metric="val/st_iou", mode="max", max_t=4,
+                        grace_period=2, reduction_factor=2, tie_break=tie_break)
+    for tid in ("a", "b"):
+        s.on_trial_add(None, SimpleNamespace(trial_id=tid))
+    s.on_trial_result(None, SimpleNamespace(trial_id="a"), {"training_iteration": 2, "val/st_iou": 0.0,
+                                                            "val/fresh": 1.0, **first})
+    return s
+
+
+def second_trial_at_rung(s, result: dict) -> str:
+    return s.on_trial_result(None, SimpleNamespace(trial_id="b"), {"training_iteration": 2, "val/st_iou": 0.0,
+                                                                   **result})
+
+
 def test_tie_break_never_reads_a_stale_or_nonfinite_secondary():
     """A -1.0 that stands for a non-finite val/loss (named in health/nonfinite_metrics), or a
     stale validation, leaves the tie standing."""
-    from types import SimpleNamespace
-
-    from tune.scheduler import HealthAwareASHA
-
     def decide(second):
-        s = HealthAwareASHA(time_attr="training_iteration", metric="val/st_iou", mode="max", max_t=4,
-                            grace_period=2, reduction_factor=2, tie_break="val/loss")
-        first, other = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
-        s.on_trial_add(None, first)
-        s.on_trial_add(None, other)
-        s.on_trial_result(None, first, {"training_iteration": 2, "val/st_iou": 0.0, "val/loss": 5.0, "val/fresh": 1.0})
-        return s.on_trial_result(None, other, {"training_iteration": 2, "val/st_iou": 0.0, **second})
+        return second_trial_at_rung(asha_after_first_trial("val/loss", {"val/loss": 5.0}), second)
 
     assert decide({"val/loss": 6.0, "val/fresh": 1.0}) == "STOP"
     assert decide({"val/loss": 4.0, "val/fresh": 1.0}) == "CONTINUE"
@@ -159,16 +170,6 @@ def test_tie_break_state_survives_pickling():
     """Tune snapshots the scheduler and restores it by unpickling: the secondary values
     recorded before a restore still decide ties after it."""
     import pickle
-    from types import SimpleNamespace
 
-    from tune.scheduler import HealthAwareASHA
-
-    s = HealthAwareASHA(time_attr="training_iteration", metric="val/st_iou", mode="max", max_t=4,
-                        grace_period=2, reduction_factor=2, tie_break="val/ap50")
-    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
-    s.on_trial_add(None, a)
-    s.on_trial_add(None, b)
-    s.on_trial_result(None, a, {"training_iteration": 2, "val/st_iou": 0.0, "val/ap50": 0.02, "val/fresh": 1.0})
-    s = pickle.loads(pickle.dumps(s))
-    assert s.on_trial_result(None, b, {"training_iteration": 2, "val/st_iou": 0.0, "val/ap50": 0.01,
-                                       "val/fresh": 1.0}) == "STOP"
+    s = pickle.loads(pickle.dumps(asha_after_first_trial("val/ap50", {"val/ap50": 0.02})))
+    assert second_trial_at_rung(s, {"val/ap50": 0.01, "val/fresh": 1.0}) == "STOP"
