@@ -91,7 +91,6 @@ def to_runs(grid, spec, points: list[dict], runs: list[tuple[int, int]]) -> list
             last = rows[-1]
             stop = {"reason": str(last.get("health/stop_reason")), "rule": str(last.get("health/rule")),
                     "step": int(last.get("health/step", 0))}
-            series[spec.metric][-1] = float(spec.penalty)
         error = str(res.error).splitlines()[0][:200] if res.error else None
         out.append(Run(config_index, seed, points[config_index], series, stop, error))
     return out
