@@ -12,6 +12,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
+from conftest import tiny_train_config
 from optuna.trial import TrialState
 from search_fixtures import write_space
 
@@ -62,12 +64,7 @@ def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_data
                         initial_lr=2e-3, lr_high=1e-2)
     exp = tmp_path / "results" / "intr"
     proc = run_py("--space", str(space), "--storage", "results", "--report-every", "5", cwd=tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # mid-trial: some epoch reported
-        if any(len(r) >= 1 for r in result_rows(exp).values()) if exp.is_dir() else False:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.communicate()
+    wait_for_rows(proc, exp)  # mid-trial: some epoch reported
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
@@ -169,3 +166,78 @@ def test_a_kill_between_tell_and_snapshot_is_reconciled_on_resume(tiny_dataset, 
     assert len(ran) == SAMPLES == len(result_rows(exp))
     assert not [t for t in ran.values() if t.state == TrialState.RUNNING]
     check_told_states(exp, metric="train/loss")
+
+
+def wait_for_rows(proc, folder: Path, pattern: str = "*/result.json", timeout: float = 300) -> None:
+    """Until some trial under `folder` has reported an epoch (the process still running)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any(f.read_text().strip() for f in folder.glob(pattern)) if folder.is_dir() else False:
+            return
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+
+
+def test_ctrl_c_in_the_last_wave_is_not_a_finished_search(tiny_dataset, tmp_path):
+    """Every trial already started: Tune marks the ones it stops TERMINATED, like finished
+    ones; the verdict comes from what the searcher told, so no best config is exported."""
+    space = write_space(tmp_path, tiny_dataset, "intr", num_samples=2, max_t=MAX_T, steps=10, initial_lr=2e-3,
+                        lr_high=1e-2)
+    exp = tmp_path / "results" / "intr"
+    proc = run_py("--space", str(space), "--storage", "results", cwd=tmp_path)
+    wait_for_rows(proc, exp)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "of 2 trials finished" in err and "search intr:" not in out
+    assert not (exp / "best_config.yaml").exists()
+
+
+def test_ctrl_c_while_confirming_writes_no_half_confirmation_and_resume_continues_it(tiny_dataset, tmp_path):
+    space = write_space(tmp_path, tiny_dataset, "intr", num_samples=2, max_t=MAX_T, steps=10, initial_lr=2e-3,
+                        lr_high=1e-2)
+    raw = yaml.safe_load(space.read_text())
+    raw["search"].update(confirm_top=1, confirm_seeds=2)
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    exp = tmp_path / "results" / "intr"
+    proc = run_py("--space", str(space), "--storage", "results", cwd=tmp_path)
+    wait_for_rows(proc, exp / "confirm", timeout=400)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted while confirming" in err and err.rstrip().endswith("--resume")
+    assert not (exp / "confirm.json").exists()  # no mean of half-run seeds
+    assert "not measured" in (exp / "best_config.yaml").read_text()
+
+    proc = run_py("--space", str(space), "--storage", "results", "--resume", cwd=tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "continuing the interrupted confirmation" in out
+    confirm = json.loads((exp / "confirm.json").read_text())
+    assert confirm["plan"]["seeds"] == [1000, 1001] and len(confirm["configs"]) == 1
+    assert len(confirm["configs"][0]["values"]) == 2 and confirm["configs"][0]["failed"] == 0
+    rows = result_rows(exp / "confirm")
+    assert len(rows) == 2  # the two seeds; none started afresh
+    assert all(rs[-1]["training_iteration"] == MAX_T for rs in rows.values())
+    assert "expected on a re-run" in (exp / "best_config.yaml").read_text()
+
+
+def test_ctrl_c_of_the_final_run_exits_130_and_the_same_command_continues_it(tiny_dataset, tmp_path):
+    exp = tmp_path / "results" / "fin"
+    exp.mkdir(parents=True)
+    tiny_train_config(tiny_dataset, None, epochs=4, steps_per_epoch=10).to_yaml(exp / "best_config.yaml")
+    cmd = [sys.executable, str(ROOT / "tune" / "final.py"), str(exp), "--cpus", "1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for_rows(proc, exp / "final")
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    line = next(x for x in err.splitlines() if x.startswith("interrupted"))
+    assert "of 4; continue with: python tune/final.py" in line and "final run:" not in out
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "continuing the final run" in proc.stdout and "final run: 4 epochs" in proc.stdout
+    (its,) = [[r["training_iteration"] for r in rs] for rs in result_rows(exp / "final").values()]
+    assert sorted(set(its)) == [1, 2, 3, 4] and len(its) - len(set(its)) <= 1  # as in the search's resume

@@ -202,7 +202,7 @@ def test_space_file_is_resolved(search):
     assert saved["name"] == "e2e" and isinstance(saved["base"], dict)
 
 
-def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local, monkeypatch):
+def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local, monkeypatch, capsys):
     import json
 
     from tune.report import main as report_main
@@ -210,8 +210,8 @@ def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local, monke
     _, exp, _ = search
     monkeypatch.chdir(exp.parent.parent)  # README's own form: a relative experiment path
     assert report_main(["results/e2e", "--confirm-top", "2", "--seeds", "2", "--no-plots"]) == 0
-    confirm = json.loads((exp / "confirm.json").read_text())
-    assert len(confirm) == 2 and all(len(c["values"]) == 2 for c in confirm)
+    confirm = json.loads((exp / "confirm.json").read_text())["configs"]
+    assert len(confirm) == 2 and all(len(c["values"]) == 2 and c["failed"] == 0 for c in confirm)
     assert "Confirmation (--confirm-top)" in (exp / "summary.md").read_text()
     text = (exp / "best_config.yaml").read_text()
     assert "expected on a re-run: " in text and "(mean of 2 new seeds" in text
@@ -220,6 +220,18 @@ def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local, monke
     assert means[best_id] == min(means.values())
     seeds = {json.loads(p.read_text())["seed"] for p in (exp / "confirm").glob("*/params.json")}
     assert seeds == {1000, 1001}
+    trials = sorted((exp / "confirm").glob("*/params.json"))
+    # the same command again: the same configs and seeds are confirmed already, nothing re-runs
+    assert report_main(["results/e2e", "--confirm-top", "2", "--seeds", "2", "--no-plots"]) == 0
+    assert "already holds these 2 configs x 2 seeds" in capsys.readouterr().out
+    assert sorted((exp / "confirm").glob("*/params.json")) == trials
+    saved = (exp / "confirm.json").read_text()
+    try:  # a damaged confirm.json is a clear error naming it, not a traceback
+        (exp / "confirm.json").write_text('{"plan": null, "configs": [{"source_trial": "x", "mean": "high"}]}')
+        assert report_main(["results/e2e", "--no-plots"]) == 2
+        assert "confirm.json: not a confirmation table" in capsys.readouterr().err
+    finally:
+        (exp / "confirm.json").write_text(saved)
 
 
 def test_a_trial_no_node_can_fit_is_refused_before_anything_runs(ray_local, tiny_dataset, tmp_path, capsys):

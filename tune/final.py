@@ -5,13 +5,15 @@
 Trains `results/<name>/best_config.yaml` unchanged (but for --epochs) with the same trainer
 code as `python -m refdet.train --config results/<name>/best_config.yaml`, on a whole GPU
 where the cluster has one. Checkpoints every epoch; a lost worker resumes from the last one;
-running the command again after an interruption continues the run. TensorBoard:
-`tensorboard --logdir results/<name>/final`.
+running the command again after an interruption (Ctrl-C, exit 130) continues the run. TensorBoard:
+`tensorboard --logdir results/<name>/final`. Exit codes: 0 done; 1 the run failed; 2 bad input;
+3 a health rule stopped it; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +41,31 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from tune.session import ran_to_the_end
+
+    again = " ".join(["python tune/final.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    try:
+        grid, epochs = run_final(exp, cfg, args)
+        result = grid[0]
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop started
+        print(f"\ninterrupted; continue with: {again}", file=sys.stderr)
+        return 130
+    if not ran_to_the_end(result, epochs):  # Tune caught a Ctrl-C and returned early
+        m = result.metrics or {}
+        print(f"\ninterrupted at epoch {m.get('training_iteration', 0)} of {epochs}; continue with: {again}",
+              file=sys.stderr)
+        return 130
+    if result.error:
+        print(f"error: the final run failed: {result.error}", file=sys.stderr)
+        return 1
+    m = result.metrics or {}
+    print(f"final run: {m.get('training_iteration', 0)} epochs, val/st_iou {m.get('val/st_iou', float('nan')):.4f}, "
+          f"stop {m.get('health/stop_reason', '?')}; checkpoints and TensorBoard in {exp / 'final'}")
+    return 3 if m.get("health/fatal") else 0
+
+
+def run_final(exp: Path, cfg: TrainConfig, args):
+    """The final run as one Ray trial (restored if an earlier one was interrupted): (grid, epochs)."""
     import ray  # after the argument checks: a user's mistake does not wait for Ray
     from ray import tune
 
@@ -61,14 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=1),
                                run_config=run_config("final", str(exp), max_failures=args.max_failures,
                                                      callbacks=[TrialTensorBoard([], max_t=cfg.epochs)]))
-        result = tuner.fit()[0]
-    if result.error:
-        print(f"error: the final run failed: {result.error}", file=sys.stderr)
-        return 1
-    m = result.metrics or {}
-    print(f"final run: {m.get('training_iteration', 0)} epochs, val/st_iou {m.get('val/st_iou', float('nan')):.4f}, "
-          f"stop {m.get('health/stop_reason', '?')}; checkpoints and TensorBoard in {exp / 'final'}")
-    return 3 if m.get("health/fatal") else 0
+        return tuner.fit(), cfg.epochs
 
 
 if __name__ == "__main__":

@@ -189,17 +189,25 @@ def make_reporter(spec: SearchSpec, every: float) -> tune.CLIReporter:
 
 def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, opts: SearchOptions) -> int:
     errors = results.num_errors
-    finished = results.num_terminated + errors
-    if finished < spec.num_samples:  # Ray's Tuner caught the first Ctrl-C and returned early
-        return interrupted(spec, exp_local, finished, opts)
-    print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
     if exp_local is None:
+        # No local journal to read: Ray's count is all there is (it cannot tell a trial stopped
+        # by a Ctrl-C in the last wave from a finished one; tune/report.py on a copy can).
+        if results.num_terminated + errors < spec.num_samples:
+            return interrupted(spec, exp_local, results.num_terminated + errors, opts)
+        print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
         print(f"results in {storage}/{spec.name}; run `python tune/report.py` on a local copy for the report")
         return EXIT_OK
+    # What the searcher told Optuna decides whether every trial ended: after a Ctrl-C, Tune
+    # marks the trials it stops TERMINATED like finished ones.
+    report = write_report(exp_local, spec, plots=False)
+    if not report.complete:
+        return interrupted(spec, exp_local, report.finished, opts)
+    print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
+    if opts.confirm_top and confirm_top(exp_local, spec, opts.confirm_top, opts.seeds, address=opts.address) is None:
+        print(f"\ninterrupted while confirming the best configs (the search itself finished; best_config.yaml "
+              f"is its unconfirmed best); continue with: {opts.resume_command(spec.name)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     report = write_report(exp_local, spec)
-    if opts.confirm_top:
-        confirm_top(exp_local, spec, opts.confirm_top, opts.seeds, address=opts.address)
-        report = write_report(exp_local, spec)
     print(report.console_summary())
     print(f"results: {exp_local}")
     print(f"TensorBoard: tensorboard --logdir {exp_local}")
@@ -210,10 +218,8 @@ def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, 
 
 def interrupted(spec: SearchSpec, exp_local: Path | None, finished: int, opts: SearchOptions) -> int:
     """The first Ctrl-C: Tune saved the experiment and stopped the trials (they resume from
-    their last checkpoints; nothing partial was told to Optuna). The report is written, marked
+    their last checkpoints; nothing partial was told to Optuna). The report was written, marked
     incomplete, without a best_config.yaml."""
-    if exp_local is not None:
-        write_report(exp_local, spec, plots=False)
     print(f"\ninterrupted: {finished} of {spec.num_samples} trials finished; continue with: "
           f"{opts.resume_command(spec.name)}", file=sys.stderr)
     return EXIT_INTERRUPTED

@@ -4,7 +4,9 @@
     python tune/report.py results/<name> --confirm-top 2 --seeds 3
 
 Writes leaderboard.csv, summary.md, health_report.md, plots/ and (for a finished search)
-best_config.yaml into the experiment folder (see tune/results.py). Exit 2: not a search folder.
+best_config.yaml into the experiment folder (see tune/results.py). Exit codes: 0 written; 2 not a
+search folder (or an unreadable file in it); 130 interrupted (the same command continues a
+confirmation from its checkpoints).
 """
 
 from __future__ import annotations
@@ -39,11 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.confirm_top:
             from tune.confirm import confirm_top  # imports Ray: only when asked to confirm
 
-            confirm_top(exp, report.spec, args.confirm_top, args.seeds, address=args.address)
+            if confirm_top(exp, report.spec, args.confirm_top, args.seeds, address=args.address) is None:
+                print("\ninterrupted while confirming; the same command continues it", file=sys.stderr)
+                return 130
             report = write_report(exp, report.spec, plots=not args.no_plots)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop started
+        print("\ninterrupted; the same command continues it", file=sys.stderr)
+        return 130
     print(report.console_summary())
     print(f"wrote leaderboard.csv, summary.md, health_report.md, plots/ in {exp}")
     return 0

@@ -162,6 +162,33 @@ def best_row(rows: list[TrialRow], spec: SearchSpec) -> TrialRow | None:
     return max(ok, key=lambda r: (spec.sign * r.best, r.epochs))
 
 
+def read_confirm(exp: Path) -> tuple[dict | None, list[dict]]:
+    """confirm.json of a finished --confirm-top: (its plan, the per-config table); (None, [])
+    when there is none. A file that is not such a table is a ReportError naming it."""
+    path = exp / "confirm.json"
+    if not path.is_file():
+        return None, []
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: unreadable ({exc}); delete it, or re-run --confirm-top") from None
+    if isinstance(saved, list):  # written before the plan was stored with it
+        saved = {"plan": None, "configs": saved}
+    configs = saved.get("configs") if isinstance(saved, dict) else None
+    if not isinstance(configs, list) or not all(map(_confirm_entry_ok, configs)):
+        raise ReportError(f"{path}: not a confirmation table (each config needs source_trial, values: "
+                          "[numbers], mean, search_value, std: numbers)")
+    return saved.get("plan"), configs
+
+
+def _confirm_entry_ok(c) -> bool:
+    def num(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return (isinstance(c, dict) and isinstance(c.get("source_trial"), str) and isinstance(c.get("values"), list)
+            and all(map(num, c["values"])) and all(num(c.get(k)) for k in ("mean", "search_value", "std")))
+
+
 @dataclass
 class Report:
     exp: Path
@@ -228,7 +255,7 @@ def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = 
         except SpaceError as exc:
             raise ReportError(str(exc)) from None
     rows = collect_trials(exp, spec)
-    confirm = json.loads((exp / "confirm.json").read_text()) if (exp / "confirm.json").is_file() else []
+    confirm = read_confirm(exp)[1]
     report = Report(exp, spec, rows, best_row(rows, spec), confirm)
     if confirm:  # the best config by mean over new seeds, not a lucky single run
         winner = max((c for c in confirm if c["values"]), key=lambda c: spec.sign * c["mean"], default=None)

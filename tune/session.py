@@ -47,4 +47,12 @@ def run_config(name: str, storage: str, callbacks: list, max_failures: int = 2, 
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=keep), callbacks=callbacks)
 
 
-__all__ = ["ray_session", "run_config"]
+def ran_to_the_end(result, max_t: int) -> bool:
+    """Did this trial (one without early stopping: confirmation, final run) end for real --
+    max_t epochs, a health stop, or an error? After a Ctrl-C Tune marks the trials it stops
+    TERMINATED like finished ones, so the trial's own last result is what tells."""
+    m = result.metrics or {}
+    return bool(result.error) or bool(m.get("health/fatal")) or int(m.get("training_iteration", 0)) >= max_t
+
+
+__all__ = ["ran_to_the_end", "ray_session", "run_config"]
