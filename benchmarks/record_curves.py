@@ -11,7 +11,8 @@ rule live). The first `seeded` configurations also run with `seeds - 1` more see
 an existing table instead: its K best configurations get the missing seeds, so the values that
 decide the benchmark (the best configurations') are means over seeds, not lucky single runs. Writes the table
 described in benchmarks/curves.py (default benchmarks/curves/<space>.jsonl) and prints how
-long recording took. Ray's trial folders go to benchmarks/out/record/<space>-<time>.
+long recording took. Ray's trial folders go to benchmarks/out/record/<space>-<time>. A Ctrl-C
+writes nothing (exit 130): a run cut short is not a learning curve.
 """
 
 from __future__ import annotations
@@ -145,8 +146,16 @@ def main(argv=None) -> int:
     print(f"recording {len(runs)} runs of {spec.max_t} epochs ({len({c for c, _ in runs})} configurations), "
           f"{spec.max_concurrent} at a time -> {args.storage / name}")
     t0 = time.time()
-    recorded = to_runs(run_record(spec, points, runs, args.storage, name), spec, points, runs) if runs else []
+    grid = run_record(spec, points, runs, args.storage, name) if runs else []
     wall = time.time() - t0
+    from tune.session import ran_to_the_end  # imports Ray, like run_record
+
+    if len(grid) < len(runs) or not all(ran_to_the_end(res, spec.max_t) for res in grid):
+        ended = sum(ran_to_the_end(res, spec.max_t) for res in grid)
+        print(f"interrupted: {ended} of {len(runs)} runs ended; nothing written to {out} "
+              f"(Ray's trial folders: {args.storage / name})", file=sys.stderr)
+        return 130
+    recorded = to_runs(grid, spec, points, runs)
     rec = dict(header.get("recorded", {}))
     rec["wall_s"] = round(float(rec.get("wall_s", 0.0)) + wall, 1)
     rec["runs"] = len(previous) + len(recorded)

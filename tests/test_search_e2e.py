@@ -267,3 +267,26 @@ def test_an_out_of_memory_model_build_is_infeasible_oom_and_never_retried(ray_lo
     study = optuna.load_study(study_name="oom", storage=JournalStorage(JournalFileBackend(str(exp / "optuna.log"))))
     assert all(t.state == TrialState.COMPLETE and t.constraints == {"health": 1.0}
                and t.user_attrs["stop_reason"] == "oom" for t in study.get_trials())
+
+
+def test_record_curves_writes_a_table_the_replay_reads(ray_local, tiny_dataset, tmp_path):
+    """benchmarks/record_curves.py through the project's trainable: every run to max_t (or its
+    health stop), one line per run, then read back by the replay's own reader."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.curves import read_table
+    from benchmarks.record_curves import main as record_main
+
+    space = write_space(tmp_path, tiny_dataset, "rec", num_samples=3, max_t=2, steps=4, initial_lr=20.0, lr_high=30.0)
+    out = tmp_path / "rec.jsonl"
+    assert record_main(["--space", str(space), "--n", "3", "--seeds", "2", "--seeded", "1", "--out", str(out),
+                        "--storage", str(tmp_path / "record")]) == 0
+    table = read_table(out)
+    assert len(table.runs) == 4 and sorted(table.configs()) == [0, 1, 2]  # config 0 with two seeds
+    assert {r.seed for r in table.configs()[0]} == {0, 1} and table.header["max_t"] == 2
+    for run in table.runs:
+        assert run.error is None
+        assert run.epochs == 2 or run.stop is not None, (run.config, run.epochs)
+        assert len(run.series["val/st_iou"]) == run.epochs == len(run.series["train/loss"])
+    first = table.configs()[0][0]  # the initial point: lr 20, a detector dead within steps
+    assert first.params["optim.lr"] == 20.0 and first.stop is not None and first.stop["step"] > 0
+    assert table.run_value(first) == table.penalty
