@@ -178,11 +178,15 @@ def wait_for_rows(proc, folder: Path, pattern: str = "*/result.json", timeout: f
     assert proc.poll() is None, proc.communicate()
 
 
-def test_ctrl_c_in_the_last_wave_is_not_a_finished_search(tiny_dataset, tmp_path):
-    """Every trial already started: Tune marks the ones it stops TERMINATED, like finished
-    ones; the verdict comes from what the searcher told, so no best config is exported."""
-    space = write_space(tmp_path, tiny_dataset, "intr", num_samples=2, max_t=MAX_T, steps=10, initial_lr=2e-3,
+def test_ctrl_c_in_the_last_wave_and_while_confirming_is_never_a_finished_search(tiny_dataset, tmp_path):
+    """1. Every trial already started: Tune marks the ones it stops TERMINATED, like finished
+    ones; the verdict comes from what the searcher told, so nothing is exported. 2. Ctrl-C
+    while confirming: no confirm.json of half-run seeds. 3. --resume continues the confirmation."""
+    space = write_space(tmp_path, tiny_dataset, "intr", num_samples=2, max_t=2, steps=8, initial_lr=2e-3,
                         lr_high=1e-2)
+    raw = yaml.safe_load(space.read_text())
+    raw["search"].update(confirm_top=1, confirm_seeds=2)
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
     exp = tmp_path / "results" / "intr"
     proc = run_py("--space", str(space), "--storage", "results", cwd=tmp_path)
     wait_for_rows(proc, exp)
@@ -190,17 +194,9 @@ def test_ctrl_c_in_the_last_wave_is_not_a_finished_search(tiny_dataset, tmp_path
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
     assert "of 2 trials finished" in err and "search intr:" not in out
-    assert not (exp / "best_config.yaml").exists()
+    assert not (exp / "best_config.yaml").exists() and not (exp / "confirm").exists()
 
-
-def test_ctrl_c_while_confirming_writes_no_half_confirmation_and_resume_continues_it(tiny_dataset, tmp_path):
-    space = write_space(tmp_path, tiny_dataset, "intr", num_samples=2, max_t=MAX_T, steps=10, initial_lr=2e-3,
-                        lr_high=1e-2)
-    raw = yaml.safe_load(space.read_text())
-    raw["search"].update(confirm_top=1, confirm_seeds=2)
-    space.write_text(yaml.safe_dump(raw, sort_keys=False))
-    exp = tmp_path / "results" / "intr"
-    proc = run_py("--space", str(space), "--storage", "results", cwd=tmp_path)
+    proc = run_py("--space", str(space), "--storage", "results", "--resume", cwd=tmp_path)
     wait_for_rows(proc, exp / "confirm", timeout=400)
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=300)
@@ -218,14 +214,14 @@ def test_ctrl_c_while_confirming_writes_no_half_confirmation_and_resume_continue
     assert len(confirm["configs"][0]["values"]) == 2 and confirm["configs"][0]["failed"] == 0
     rows = result_rows(exp / "confirm")
     assert len(rows) == 2  # the two seeds; none started afresh
-    assert all(rs[-1]["training_iteration"] == MAX_T for rs in rows.values())
+    assert all(rs[-1]["training_iteration"] == 2 for rs in rows.values())
     assert "expected on a re-run" in (exp / "best_config.yaml").read_text()
 
 
 def test_ctrl_c_of_the_final_run_exits_130_and_the_same_command_continues_it(tiny_dataset, tmp_path):
     exp = tmp_path / "results" / "fin"
     exp.mkdir(parents=True)
-    tiny_train_config(tiny_dataset, None, epochs=4, steps_per_epoch=10).to_yaml(exp / "best_config.yaml")
+    tiny_train_config(tiny_dataset, None, epochs=3, steps_per_epoch=8).to_yaml(exp / "best_config.yaml")
     cmd = [sys.executable, str(ROOT / "tune" / "final.py"), str(exp), "--cpus", "1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -235,9 +231,9 @@ def test_ctrl_c_of_the_final_run_exits_130_and_the_same_command_continues_it(tin
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
     line = next(x for x in err.splitlines() if x.startswith("interrupted"))
-    assert "of 4; continue with: python tune/final.py" in line and "final run:" not in out
+    assert "of 3; continue with: python tune/final.py" in line and "final run:" not in out
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "continuing the final run" in proc.stdout and "final run: 4 epochs" in proc.stdout
+    assert "continuing the final run" in proc.stdout and "final run: 3 epochs" in proc.stdout
     (its,) = [[r["training_iteration"] for r in rs] for rs in result_rows(exp / "final").values()]
-    assert sorted(set(its)) == [1, 2, 3, 4] and len(its) - len(set(its)) <= 1  # as in the search's resume
+    assert sorted(set(its)) == [1, 2, 3] and len(its) - len(set(its)) <= 1  # as in the search's resume
