@@ -71,13 +71,15 @@ class CurveTable:
             out.setdefault(r.config, []).append(r)
         return out
 
-    def run_value(self, run: Run) -> float:
-        """What the search would record for this run at full budget: the best fresh metric
-        over its epochs; a health-stopped or crashed run scores the penalty (as confirm.py)."""
-        if run.stop is not None or run.error is not None:
+    def run_value(self, run: Run, epochs: int | None = None) -> float:
+        """What the search would record for this run at full budget (or after its first
+        `epochs`): the best fresh metric over those epochs; a crashed run, or one health-stopped
+        within them, scores the penalty (as confirm.py)."""
+        n = run.epochs if epochs is None else min(epochs, run.epochs)
+        if run.error is not None or (run.stop is not None and n >= run.epochs):
             return self.penalty
-        values = run.series.get(self.metric, [])
-        fresh = run.series.get("val/fresh") or [1.0] * len(values)
+        values = run.series.get(self.metric, [])[:n]
+        fresh = (run.series.get("val/fresh") or [1.0] * len(values))[:n]
         vals = [v for v, f in zip(values, fresh) if f and _finite(v)]
         if not vals:
             return self.penalty

@@ -173,3 +173,17 @@ def test_tie_break_state_survives_pickling():
 
     s = pickle.loads(pickle.dumps(asha_after_first_trial("val/ap50", {"val/ap50": 0.02})))
     assert second_trial_at_rung(s, {"val/ap50": 0.01, "val/fresh": 1.0}) == "STOP"
+
+
+def test_noise_by_budget_and_values_after_the_first_epochs():
+    from benchmarks.curves import Run
+    from benchmarks.noise_vs_budget import noise_by_budget
+
+    table = read_table(TINY)
+    rows = {r["epochs"]: r for r in noise_by_budget(table, min_seeds=2)}  # config 1: two seeds
+    assert rows[2]["seed_std"] == pytest.approx(math.sqrt(0.01**2 / 2)) and rows[2]["best_mean"] == pytest.approx(0.025)
+    assert rows[4]["best_mean"] == pytest.approx(0.09)
+    assert rows[4]["seeds_for_5pct"] == pytest.approx((math.sqrt(0.02**2 / 2) / (0.05 * 0.09)) ** 2)
+    stopped = Run(9, 0, {}, {"time_s": [1.0] * 3, "val/st_iou": [0.01, 0.02, 0.0]}, stop={"reason": "x"})
+    assert table.run_value(stopped, 2) == 0.02  # healthy for its first two epochs
+    assert table.run_value(stopped, 3) == table.run_value(stopped) == table.penalty
