@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                          max_failures=args.max_failures, report_every=args.report_every,
                          confirm_top=confirm if args.confirm_top is None else args.confirm_top,
                          seeds=seeds if args.seeds is None else args.seeds)
+    from tune.results import ReportError
+
     try:
         return run_search(spec, opts)
-    except ExperimentError as exc:
+    except (ExperimentError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop started
