@@ -114,7 +114,10 @@ class HealthConfig:
 
     enabled: bool = True
     patience: int = 3  # consecutive steps a rule must hold before it is fatal
-    grad_norm_max: float = 1e4  # pre-clip norm, absolute (the checklist: 10-1000 healthy, >10,000 explosion)
+    # pre-clip norm per unit of loss weight (norm / sum of the loss weights: at most the largest
+    # unweighted term's gradient norm, so no searched weight moves it); the checklist's
+    # ">10,000 explosion" on a raw norm whose weights sum to ~10
+    grad_norm_max: float = 1e3
     grad_growth_factor: float = 20.0  # pre-clip norm vs its own running median (healthy runs here: < 3x for 3 steps)
     loss_spike_factor: float = 2.0  # unweighted loss vs its own running median
     loss_spike_patience: int = 10  # consecutive steps: a small batch's loss is noisy step to step
@@ -145,6 +148,7 @@ class TrainConfig:
     val_interval: int = 1  # validate every N epochs (and always after the last)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     device_share: float = 1.0  # share of the CUDA device this run may use (a trial's resources.gpu, at most 1)
+    host_share: float = 1.0  # share of the node's host memory this run may count on (a trial's packing fraction)
     mixed_precision: bool = True  # AMP on CUDA; ignored on CPU
     amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16 + GradScaler) | bf16 | fp16
     num_threads: int = 0  # torch CPU threads; 0 = every CPU this process may use
@@ -236,6 +240,7 @@ class TrainConfig:
             (self.health.dead_window >= 1, "health.dead_window", "must be >= 1"),
             (self.health.history_window >= 1, "health.history_window", "must be >= 1"),
             (0 < self.device_share <= 1, "device_share", "must be in (0, 1]"),
+            (0 < self.host_share <= 1, "host_share", "must be in (0, 1]"),
             (self.data.split in ("group", "video"), "data.split", "must be group or video"),
             (self.data.episodic or self.stage == 1, "data.episodic",
              "false is for stage 1 only (stage 2 learns from references and CPE, on episodes)"),

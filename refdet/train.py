@@ -17,6 +17,7 @@ rule (the verdict is printed); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -135,8 +136,9 @@ def run(trainer, cfg: TrainConfig, out: Path, progress: bool = True) -> int:
     for result in trainer.fit(progress=bars):
         bars.close()
         m = result.metrics
-        print(f"epoch {result.epoch}: loss {m['train/loss']:.4f} | val/st_iou {m['val/st_iou']:.4f} "
-              f"ap50 {m['val/ap50']:.4f} recall {m['val/recall']:.4f} | lr {m['lr']:.3g} | "
+        val = (f"val/st_iou {m['val/st_iou']:.4f} ap50 {m['val/ap50']:.4f} recall {m['val/recall']:.4f}"
+               if result.validated else f"not validated (val_interval {cfg.val_interval})")
+        print(f"epoch {result.epoch}: loss {m.get('train/loss', math.nan):.4f} | {val} | lr {m['lr']:.3g} | "
               f"grad norm max {m['health/grad_norm_pre_max']:.4g} | RSS {m['health/mem_rss_gb']:.2f} GB")
         if result.verdict is not None:
             print(f"stopped: {result.verdict.message}", file=sys.stderr)

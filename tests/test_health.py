@@ -1,7 +1,5 @@
 import math
 
-import pytest
-
 from refdet.config import HealthConfig
 from refdet.engine.health import (
     STEP_RULES,
@@ -59,21 +57,74 @@ def test_grad_norm_needs_patience():
     assert v.values["grad_norm_pre"] == 2e4
 
 
-@pytest.mark.parametrize("clip", [0.1, 10.0, 1000.0])
-def test_no_rule_reads_the_clip(clip):
-    """Hard clipping (pre/post ratio in the thousands) on steady norms is healthy; a norm that
-    runs away from its own history is not, whatever the clip."""
-    cfg = HealthConfig(patience=3, grad_norm_max=1e9, settle_steps=20, grad_growth_factor=50.0)
-    steady = [stats(i, grad_norm_pre=140.0, grad_norm_post=min(140.0, clip)) for i in range(1, 60)]
-    assert run(HealthMonitor(cfg), steady) is None
-    rising = steady + [stats(60 + i, grad_norm_pre=140.0 * 100 * (i + 1), grad_norm_post=clip) for i in range(5)]
-    v = run(HealthMonitor(cfg), rising)
-    assert v.rule == "grad_growth" and v.stop_reason == "grad_explosion" and v.step == 62
-    assert v.values["running_median"] == 140.0
+def verdicts(cfg, seq):
+    m = HealthMonitor(cfg)
+    return [(v.rule, v.step) if v else None for v in map(m.update, seq)]
+
+
+def test_no_rule_reads_the_clip():
+    """Every rule enabled at its default: the same training state (pre-clip norms, losses,
+    memory) gets the same verdicts at every clip -- the post-clip norm, the clip flag and the
+    pre/post ratio that a clip of 0.1 or 1000 changes are never read. The states include a
+    healthy stretch, norms that cross the absolute limit, and one that runs away from its own
+    history."""
+    import random
+
+    rng = random.Random(0)
+    cfg = HealthConfig()
+    pre = [rng.uniform(20, 400) for _ in range(60)] + [2e3 * 10 ** (i / 3) for i in range(12)]
+    base = [stats(i + 1, grad_norm_pre=g, loss=rng.uniform(1, 3)) for i, g in enumerate(pre)]
+    expected = verdicts(cfg, base)
+    assert any(expected), "the sequence must trip a rule"
+    for clip in (0.1, 1.0, 10.0, 1000.0):
+        clipped = [stats(s.step, grad_norm_pre=s.grad_norm_pre, loss=s.loss, grad_norm_post=min(s.grad_norm_pre, clip),
+                         clipped=s.grad_norm_pre > clip) for s in base]
+        assert verdicts(cfg, clipped) == expected, clip
+
+
+def test_grad_norm_limit_reads_no_loss_weight():
+    """The absolute limit judges the pre-clip norm per unit of loss weight: for any weights (a
+    searched DFL weight of 0.25 or 4), a state whose every unweighted term's gradient is within
+    the limit never trips it, because ||sum w_i g_i|| / sum w_i <= max ||g_i||. Checked over
+    random term gradients (aligned ones included: the worst case) and the hazard space's weights;
+    the raw norm would have tripped it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    limit = 100.0
+    cfg = HealthConfig(grad_norm_max=limit, patience=1, grad_growth_factor=1e12)
+    tripped_raw = 0
+    for trial in range(300):
+        grads = rng.normal(size=(4, 64))
+        if trial % 3 == 0:
+            grads = np.abs(grads)  # aligned terms: the triangle inequality is nearly tight
+        grads *= (rng.uniform(0.05, 1.0, size=(4, 1)) * limit) / np.linalg.norm(grads, axis=1, keepdims=True)
+        w = np.array([7.5, 0.5, rng.uniform(0.25, 4.0), 0.5])  # bbox, cls, dfl (searched), cpe
+        pre = float(np.linalg.norm(w @ grads))
+        tripped_raw += pre > limit
+        s = stats(1, grad_norm_pre=pre, loss_weight_sum=float(w.sum()))
+        assert HealthMonitor(cfg).update(s) is None, (pre, w)
+    assert tripped_raw > 100  # the raw norm's limit would have stopped these healthy states
+    blowup = stats(1, grad_norm_pre=1.01 * limit * 9.25, loss_weight_sum=9.25)  # some term's gradient > limit
+    v = HealthMonitor(cfg).update(blowup)
+    assert v.rule == "grad_norm" and v.values["grad_norm_per_weight"] > limit
+
+
+def test_validation_memory_is_judged_at_the_end_of_the_epoch():
+    """The CUDA peak is reset when an epoch starts, so validation's peak is only seen at the
+    epoch's end: the same budgets judge it there."""
+    m = HealthMonitor(HealthConfig(mem_budget_gb=1e3), cuda_budget_gb=36.0)
+    assert m.end_epoch(1, 10, 2.0, cuda_peak_gb=30.0) is None
+    v = m.end_epoch(2, 20, 2.0, cuda_peak_gb=37.0)
+    assert v.rule == "cuda_memory_budget" and v.stop_reason == "memory_budget" and v.values["budget_gb"] == 36.0
+    m = HealthMonitor(HealthConfig(mem_budget_gb=4.0))
+    v = m.end_epoch(1, 10, 2.0, peak_rss_gb=5.0)  # validation's RSS peak, freed by the epoch's end
+    assert v.rule == "memory_budget" and v.values["mem_rss_gb"] == 5.0
+    assert m.epoch_summary()["health/mem_rss_gb"] == 2.0
 
 
 def test_history_rules_wait_for_a_fixed_number_of_steps():
-    cfg = HealthConfig(patience=5, loss_spike_patience=2, grad_norm_max=1e9, settle_steps=20)
+    cfg = HealthConfig(patience=5, loss_spike_patience=2, settle_steps=20)
     early = [stats(i, terms={"cls": 1.0 + 10 * (i > 3)}) for i in range(1, 8)]
     assert run(HealthMonitor(cfg), early) is None  # not settled: 7 < 20 steps of history
     seq = [stats(i) for i in range(1, 21)] + [stats(21, terms={"cls": 10.0}), stats(22, terms={"cls": 10.0})]
@@ -122,7 +173,7 @@ def test_memory_budget_and_growth():
     assert m.update(stats(1, mem_cuda_peak_gb=30.0)) is None
     v = m.update(stats(2, mem_cuda_peak_gb=37.0))
     assert v.stop_reason == "memory_budget" and v.values["budget_gb"] == 36.0
-    m = HealthMonitor(HealthConfig(mem_growth_pct=20.0, mem_growth_after_epoch=2))
+    m = HealthMonitor(HealthConfig(mem_growth_pct=20.0, mem_growth_after_epoch=2, mem_budget_gb=1e3))
     assert m.end_epoch(1, 10, 32.0) is None
     assert m.end_epoch(2, 20, 45.0) is None  # epochs 1-2 may grow (caches fill)
     v = m.end_epoch(3, 30, 62.0)

@@ -12,11 +12,12 @@ import yaml
 from optuna.trial import TrialState
 from search_fixtures import write_space
 
+from refdet.engine.health import STOP_REASONS
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 PENALTY = 1e6  # what a health-stopped trial reports for a metric minimised
-HEALTH = {"oom", "nonfinite", "grad_explosion", "loss_spike", "dfl_divergence", "dead_detector", "cpe_zero",
-          "memory_budget", "memory_leak"}
+HEALTH = set(STOP_REASONS) - {"ok"}  # every reason a health rule can give
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +34,15 @@ def search(ray_local, tiny_dataset, tmp_path_factory):
     from tune.run import main
 
     tmp = tmp_path_factory.mktemp("search")
-    # train/loss (min): it differs between trials from the first epoch, so ASHA's first rung
-    # really separates them (a validation metric of this tiny budget ties at 0.0)
-    # The first (enqueued) trial has lr 20: its detector dies within 5 steps.
+    # Decisions that cannot depend on timing or on one machine's floating-point path: one trial
+    # at a time (ASHA compares a trial with those that reached the rung before it), and
+    # train/loss (min), the weighted total, so the DFL weight alone separates the enqueued
+    # trials 2 and 3 at the first rung: 2.0 x DFL (~3) against 0.25 x DFL is ~5 apart, far
+    # beyond what 6 steps of training move. The first (enqueued) trial has lr 20: it must end
+    # with a health stop (which rule fires first is the machine's float path).
     space = write_space(tmp, tiny_dataset, "e2e", num_samples=6, metric="train/loss", mode="min", steps=6,
-                        initial_lr=20.0, lr_high=30.0)
+                        initial_lr=20.0, lr_high=30.0, max_concurrent=1,
+                        points=[{"optim.lr": 2e-3, "loss.dfl_weight": 0.25}, {"optim.lr": 2e-3, "loss.dfl_weight": 2.0}])
     rc = main(["--space", str(space), "--storage", str(tmp / "results"), "--report-every", "5"])
     return rc, tmp / "results" / "e2e", space
 
@@ -63,9 +68,12 @@ def test_search_runs_and_stops_unhealthy_trials(search):
     assert len(rows) == 6
     reasons = [r["stop_reason"] for r in rows]
     assert set(reasons) & HEALTH, reasons
-    # the enqueued first trial (lr 20: every anchor scored 0 by step 5) is stopped in epoch 1
+    # the enqueued first trial (lr 20: it diverges or collapses within steps) is stopped in epoch 1
     first = next(r for r in rows if float(r["optim.lr"]) == 20.0)
-    assert first["stop_reason"] == "dead_detector" and int(first["epochs"]) == 1
+    assert first["stop_reason"] in HEALTH and int(first["epochs"]) == 1
+    # the enqueued trials 2 and 3: the first to reach the rung completes, the worse one after it is pruned
+    by_dfl = {float(r["loss.dfl_weight"]): r for r in rows if float(r["optim.lr"]) == 2e-3}
+    assert by_dfl[0.25]["stop_reason"] == "completed" and by_dfl[2.0]["stop_reason"] == "asha"
     for r in rows:
         if r["stop_reason"] == "completed":
             assert int(r["epochs"]) == 3

@@ -67,10 +67,11 @@ def newest(study):
 
 def test_restore_reconciles_orphans_and_supersedes_stale_tells(tmp_path):
     spec, s = make(tmp_path)
-    for tid in ("a", "b", "c", "d"):
+    for tid in ("a", "b", "c", "d", "e"):
         s.suggest(tid)
     s.on_trial_result("d", result(1, 0.05))
     s.save(str(tmp_path / "searcher.pkl"))  # Tune's experiment snapshot
+    s.on_trial_complete("e", result(1, 0.07))  # ... PRUNED at the first rung
     s.suggest("orphan")  # asked after the snapshot: unknown to the restored searcher
     s.on_trial_complete("b", None, error=True)  # told after the snapshot: FAIL ...
     s.on_trial_complete("c", result(2, 0.02))  # ... and PRUNED at a rung
@@ -90,6 +91,7 @@ def test_restore_reconciles_orphans_and_supersedes_stale_tells(tmp_path):
     restored.on_trial_complete("c", result(4, 0.35))
     restored.on_trial_result("d", result(1, 0.05))
     restored.on_trial_complete("d", result(2, 0.07))
+    restored.on_trial_complete("e", result(2, 0.07))  # pruned again, at the next rung, by chance the same value
     restored.on_trial_complete("a", result(1, 0.0, fatal=True, reason="dead_detector"))
     _, study = states(tmp_path, spec)
     now = newest(study)
@@ -98,8 +100,16 @@ def test_restore_reconciles_orphans_and_supersedes_stale_tells(tmp_path):
     assert now["b"].user_attrs["supersedes"] != now["c"].user_attrs["supersedes"]
     assert now["d"].state == TrialState.PRUNED and "supersedes" not in now["d"].user_attrs  # nothing changed
     assert now["a"].state == TrialState.COMPLETE and now["a"].constraints == {"health": 1.0}
-    assert len(study.get_trials()) == 5 + 2  # two superseding records, no duplicate for d
+    assert now["e"].state == TrialState.PRUNED and max(now["e"].intermediate_values) == 2
+    assert "supersedes" in now["e"].user_attrs  # the rung changed: not the record the journal held
+    assert len(study.get_trials()) == 6 + 3  # three superseding records, no duplicate for d
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    # what the report counts and plots: one record per Ray trial, the newest
+    from tune.results import current_records
+
+    current = {t.user_attrs["ray_trial_id"]: t.number for t in current_records(study)}
+    assert sorted(current) == ["a", "b", "c", "d", "e", "orphan"] and len(current_records(study)) == 6
+    assert all(current[rid] == t.number for rid, t in now.items())
 
 
 def test_stale_validation_values_are_not_intermediate_values(tmp_path):
@@ -128,3 +138,41 @@ def test_a_nonfinite_validation_metric_is_a_fatal_verdict_never_a_value():
     assert out["train/loss"] == -1.0 and out["val/loss"] == -1.0 and out["val/ap50"] == 0.1
     assert out["health/nonfinite_metrics"] == "train/loss,val/loss"  # no decision reads those -1.0 as values
     assert "health/nonfinite_metrics" not in search_metrics({"val/ap50": 0.1}, "val/st_iou", 0.0, False)
+
+
+def test_every_metric_searches_normally_with_val_interval_2(tiny_cfg):
+    """An epoch that did not validate reports a stale value -- never a non-finite one, never a
+    verdict -- for every metric a space may search; the validated epoch is what Optuna is told.
+    (The trainer's placeholder before the first validation is NaN: not measured.)"""
+    import dataclasses
+    import math
+
+    from refdet.engine.trainer import Trainer
+    from refdet.metrics import SEARCHABLE_METRICS, lower_is_better
+    from tune.searcher import build_searcher
+    from tune.trainable import epoch_report
+
+    trainer = Trainer(tiny_cfg(epochs=2, steps_per_epoch=2, val_interval=2))
+    epochs = list(trainer.fit())
+    assert [r.validated for r in epochs] == [False, True] and not any(r.verdict for r in epochs)
+    base = load_space("smoke")
+    for metric in SEARCHABLE_METRICS:
+        mode = "min" if lower_is_better(metric) else "max"
+        penalty = 1e6 if mode == "min" else 0.0
+        spec = dataclasses.replace(base, metric=metric, mode=mode, penalty=penalty, max_t=2, initial_points=())
+        searcher = build_searcher(spec, None)
+        searcher.suggest("t")
+        reports = []
+        for i, r in enumerate(epochs):
+            report, verdict = epoch_report(r, metric, penalty)
+            assert verdict is None, (metric, verdict)
+            assert isinstance(report[metric], float) and math.isfinite(report[metric]), (metric, report[metric])
+            reports.append({**report, "training_iteration": i + 1})
+        if metric.startswith("val/"):
+            assert reports[0][metric] == penalty  # stale: the worst value, never the best
+        searcher.on_trial_result("t", reports[0])
+        searcher.on_trial_complete("t", reports[1])
+        told = searcher._ot_study.get_trials()[0]
+        assert told.state == TrialState.COMPLETE and told.constraints == {"health": 0.0}, metric
+        assert told.value == reports[1][metric] == epochs[1].metrics[metric], metric
+        assert set(told.intermediate_values) <= ({2} if metric.startswith("val/") else {1, 2}), metric

@@ -58,7 +58,7 @@ def test_warmup_then_cosine():
 
 def test_absurd_lr_is_stopped_within_the_step(tiny_cfg):
     cfg = tiny_cfg(**{"optim.lr": 1e6, "optim.gradient_clip_norm": 1e9, "steps_per_epoch": 30, "epochs": 3,
-                      "health.patience": 2, "health.grad_norm_max": 1e4})
+                      "health.patience": 2, "health.grad_norm_max": 1e3})
     trainer = Trainer(cfg)
     results = list(trainer.fit())
     v = results[-1].verdict
@@ -235,3 +235,74 @@ def test_a_failed_cpu_allocation_counts_as_out_of_memory():
     else:  # pragma: no cover - a machine with 40 TB
         pytest.skip("the allocation succeeded")
     assert is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_an_oom_is_the_configs_only_when_the_run_used_its_share():
+    """judge_oom on real allocation failures: a request beyond the run's share of the host is
+    its own (the `oom` verdict); a failure while it held far less than its share, on a node it
+    shares, was a neighbour's doing (MemoryPushedOver: retried, never a verdict on the config);
+    a run with the machine to itself owns every OOM."""
+    from refdet.engine.device import MemoryPushedOver, MemoryShare, host_total_gb, judge_oom, requested_gb
+
+    cpu = torch.device("cpu")
+    try:
+        torch.empty(10**13)  # 40 TB
+    except RuntimeError as exc:
+        huge = exc
+    assert requested_gb(huge) > 30_000
+    v = judge_oom(huge, 7, cpu, MemoryShare(host_share=0.25))
+    assert v.stop_reason == "oom" and v.step == 7 and "share of the host" in v.values["used"]
+    small = MemoryError("numpy: Unable to allocate 8.00 MiB for an array")
+    assert abs(requested_gb(small) - 8 / 1024) < 1e-9
+    with pytest.raises(MemoryPushedOver, match="within its share of the host"):
+        judge_oom(small, 3, cpu, MemoryShare(host_share=0.5))
+    assert judge_oom(small, 3, cpu, MemoryShare(host_share=1.0)).stop_reason == "oom"  # alone: its own
+    # the share is capped by the run's health budget: past it, the OOM is the config's
+    assert judge_oom(small, 3, cpu, MemoryShare(host_share=0.5, host_budget_gb=1e-6)).stop_reason == "oom"
+    assert host_total_gb() > 0
+
+
+def test_a_killed_loader_worker_is_an_oom_judged_by_the_runs_share(tiny_cfg):
+    """A DataLoader worker SIGKILLed (what the kernel's OOM killer does) mid-epoch: on a node
+    the run shares, holding little, it was pushed over (MemoryPushedOver, so a search retries
+    it from its checkpoint); the same failure judged with the node to itself is `oom`."""
+    import os
+    import signal
+
+    from refdet.engine.device import MemoryPushedOver, MemoryShare, is_out_of_memory, judge_oom
+
+    trainer = Trainer(tiny_cfg(**{"data.num_workers": 1, "steps_per_epoch": 6, "host_share": 0.5}))
+    killed = {}
+
+    def kill_worker(stats):
+        if stats.step == 2:
+            worker = trainer._loader._iterator._workers[0]
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.join()
+            killed["pid"] = worker.pid
+
+    with pytest.raises(MemoryPushedOver) as info:
+        next(trainer.fit(progress=kill_worker))
+    assert killed and is_out_of_memory(info.value.__cause__)
+    assert not is_out_of_memory(info.value)  # decided: not judged again as an OOM
+    v = judge_oom(info.value.__cause__, 3, torch.device("cpu"), MemoryShare(host_share=1.0))
+    assert v.stop_reason == "oom" and str(killed["pid"]) in v.values["error"]
+    trainer.close()
+
+
+def test_cuda_budget_is_the_trials_share_of_the_device(tiny_dataset, tmp_path):
+    """The budget the trainer hands the health monitor, from the trial config the search builds:
+    0.9 x resources.gpu x the device's memory (here an 80 GB device, 2 trials per GPU)."""
+    from search_fixtures import write_space
+
+    from refdet.engine.device import cuda_budget_gb
+    from tune.space import load_space
+    from tune.trainable import build_trial_config
+
+    spec = load_space(str(write_space(tmp_path, tiny_dataset, "gpu", num_samples=1, resources={"cpu": 1, "gpu": 0.5})))
+    cfg = build_trial_config(spec, dict(spec.initial_points[0]))
+    assert cfg.device_share == 0.5 and cfg.health.cuda_mem_fraction == 0.9
+    assert cuda_budget_gb(cfg, 80.0) == pytest.approx(36.0)
+    whole = build_trial_config(spec.__class__(**{**spec.__dict__, "gpu": 2.0}), dict(spec.initial_points[0]))
+    assert cuda_budget_gb(whole, 80.0) == pytest.approx(72.0)  # a trial with whole GPUs: 0.9 of one device
+    assert cuda_budget_gb(cfg, 0.0) == 0.0  # no CUDA device: no CUDA check

@@ -19,7 +19,7 @@ from pathlib import Path
 from ray import tune
 
 from refdet.io import atomic_write_text
-from tune.results import ReportError, collect_trials, read_confirm
+from tune.results import ReportError, collect_trials, read_confirm, read_results, run_value
 from tune.session import ran_to_the_end, ray_session, run_config
 from tune.tb import TrialTensorBoard
 from tune.trainable import confirm_trainable
@@ -31,10 +31,11 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
     """The confirmation table (also written to confirm.json), or None if interrupted."""
     rows = [r for r in collect_trials(exp, spec) if r.best is not None and r.reason in ("completed", "asha")]
     top = sorted(rows, key=lambda r: -spec.sign * r.best)[:k]
+    plan = {"trials": [r.trial_id for r in top], "seeds": [SEED_BASE + i for i in range(seeds)], "max_t": spec.max_t}
     if not top:
         print("confirm: no healthy trial to confirm")
+        atomic_write_text(exp / "confirm.json", json.dumps({"plan": plan, "configs": []}, indent=2))
         return []
-    plan = {"trials": [r.trial_id for r in top], "seeds": [SEED_BASE + i for i in range(seeds)], "max_t": spec.max_t}
     done = _finished(exp, plan)
     if done is not None:
         print(f"confirm: {exp / 'confirm.json'} already holds these {len(top)} configs x {seeds} seeds")
@@ -46,7 +47,7 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
                                         {"cpu": spec.cpu, "gpu": spec.gpu})
         if _read_json(folder / "plan.json") == plan and (folder / "tuner.pkl").is_file():
             print(f"confirm: continuing the interrupted confirmation in {folder}")
-            tuner = tune.Tuner.restore(str(folder), trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(str(folder), trainable)  # a re-run that raised for good stays failed
         else:
             shutil.rmtree(folder, ignore_errors=True)  # another plan's trials: not this confirmation's
             folder.mkdir(parents=True)
@@ -71,22 +72,25 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
 
 
 def _table(grid, top, spec) -> list[dict]:
-    """Per config: each finished seed's best value (a health-stopped seed scores the penalty);
-    re-runs that raised are counted in `failed`, never averaged in."""
+    """Per config: each finished seed's value (its best measured value; a seed that a health
+    rule stopped scores the penalty, whatever it measured before, and its stop reason is
+    listed in `health_stops`); re-runs that raised are counted in `failed`, never averaged in."""
     values: dict[int, list[float]] = {i: [] for i in range(len(top))}
+    stops: dict[int, list[str]] = {i: [] for i in range(len(top))}
     failed = dict.fromkeys(values, 0)
     for res in grid:
         cand = res.config["candidate"]
-        df = res.metrics_dataframe
-        if res.error or df is None or not len(df):
+        value, stop = run_value(read_results(Path(res.path) / "result.json"), spec) if not res.error else (None, None)
+        if value is None:
             failed[cand] += 1
             continue
-        healthy = df[df["health/fatal"] == 0] if "health/fatal" in df else df
-        col = healthy[spec.metric].tolist() if spec.metric in healthy else []
-        values[cand].append(spec.best_of(col) if col else float(spec.penalty))
+        values[cand].append(value)
+        if stop is not None:
+            stops[cand].append(stop)
     return [{"source_trial": r.trial_id, "params": r.params, "search_value": r.best, "values": values[i],
              "mean": statistics.fmean(values[i]) if values[i] else math.nan,
-             "std": statistics.pstdev(values[i]) if len(values[i]) > 1 else 0.0, "failed": failed[i]}
+             "std": statistics.pstdev(values[i]) if len(values[i]) > 1 else 0.0, "failed": failed[i],
+             "health_stops": stops[i]}
             for i, r in enumerate(top)]
 
 

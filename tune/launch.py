@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -24,7 +24,7 @@ from tune.results import write_report
 from tune.scheduler import build_scheduler
 from tune.searcher import build_searcher
 from tune.session import ray_session, run_config
-from tune.space import SearchSpec, SpaceError, load_space
+from tune.space import SearchSpec
 from tune.tb import TrialTensorBoard
 from tune.trainable import refdet_trainable
 
@@ -92,31 +92,22 @@ def run_search(spec: SearchSpec, opts: SearchOptions) -> int:
 
 
 def check_experiment_folder(spec: SearchSpec, exp: Path, resume: bool) -> SearchSpec:
-    """A new search needs an empty folder; a resumed one its tuner.pkl, the same space, and
-    the base it started with (--set overrides included), which it returns."""
+    """A new search needs an empty folder; a resumed one its tuner.pkl (the spec was read from
+    its space.yaml by the CLI: tune/run.py resumed_spec)."""
     if exp.exists() and not resume and any(exp.iterdir()):
         raise ExperimentError(f"{exp} exists: continue it with --resume, or pick another --name")
-    if not resume:
-        return spec
-    if not (exp / "tuner.pkl").is_file():
+    if resume and not (exp / "tuner.pkl").is_file():
         raise ExperimentError(f"{exp}: no search to resume (no tuner.pkl)")
-    saved = exp / "space.yaml"
-    if not saved.is_file():
-        return spec
-    try:
-        spec_saved = load_space(str(saved))
-    except SpaceError as exc:
-        raise ExperimentError(f"cannot resume: {exc}") from None
-    if spec_saved.params.keys() != spec.params.keys():
-        raise ExperimentError(f"{saved}: the saved search space differs from --space; resume with the same space")
-    return replace(spec, base=spec_saved.base, cpu=spec_saved.cpu, gpu=spec_saved.gpu)
+    return spec
 
 
 def make_tuner(spec: SearchSpec, opts: SearchOptions, storage: str, exp_local: Path | None) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(refdet_trainable, spec=spec), {"cpu": spec.cpu, "gpu": spec.gpu})
     if opts.resume:
         path = str(exp_local) if exp_local is not None else f"{storage}/{spec.name}"
-        return tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
+        # Trials that errored for good (retries used up, told FAIL) stay failed: running them
+        # again would change the search's top K after the fact (and its confirmation).
+        return tune.Tuner.restore(path, trainable, resume_errored=False, restart_errored=False)
     journal = str(exp_local / "optuna.log") if exp_local is not None else None
     return tune.Tuner(
         trainable,
@@ -172,7 +163,9 @@ def write_space(spec: SearchSpec, path: Path) -> None:
     raw["base"] = spec.base.to_dict()
     raw.pop("base_overrides", None)
     raw.pop("health", None)  # folded into base
-    raw["search"] = dict(raw.get("search") or {}, num_samples=spec.num_samples, max_concurrent=spec.max_concurrent)
+    confirm, seeds = spec.confirm_plan()  # the plan as it runs, so that --resume runs the same
+    raw["search"] = dict(raw.get("search") or {}, num_samples=spec.num_samples, max_concurrent=spec.max_concurrent,
+                         confirm_top=confirm, confirm_seeds=seeds, max_failures=spec.max_failures)
     raw["resources"] = {"cpu": spec.cpu, "gpu": spec.gpu}
     atomic_write_text(path, f"# resolved search space of this experiment (from {spec.path})\n"
                       + yaml.safe_dump(raw, sort_keys=False))
@@ -204,14 +197,16 @@ def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, 
         return interrupted(spec, exp_local, report.finished, opts)
     print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
     if opts.confirm_top and confirm_top(exp_local, spec, opts.confirm_top, opts.seeds, address=opts.address) is None:
-        print(f"\ninterrupted while confirming the best configs (the search itself finished; best_config.yaml "
-              f"is its unconfirmed best); continue with: {opts.resume_command(spec.name)}", file=sys.stderr)
+        print(f"\ninterrupted while confirming the best configs (the search itself finished; no "
+              f"best_config.yaml until the confirmation has); continue with: {opts.resume_command(spec.name)}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     report = write_report(exp_local, spec)
     print(report.console_summary())
     print(f"results: {exp_local}")
     print(f"TensorBoard: tensorboard --logdir {exp_local}")
-    print(f"final run: python -m refdet.train --config {exp_local / 'best_config.yaml'}")
+    if report.exportable:
+        print(f"final run: python -m refdet.train --config {exp_local / 'best_config.yaml'}")
     sys.stdout.flush()
     return EXIT_OK
 

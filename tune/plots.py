@@ -25,11 +25,12 @@ def _save(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def write_plots(report, study) -> list[Path]:
+def write_plots(report, study, records: list) -> list[Path]:
+    """`records`: the study's current trials (no superseded record: tune.results.current_records)."""
     out = report.exp / "plots"
     out.mkdir(exist_ok=True)
     written = [history_plot(report, out / "history.png")]
-    imp = importance_plot(study, out / "importances.png")
+    imp = importance_plot(study, records, out / "importances.png")
     if imp:
         written.append(imp)
     for key in report.spec.params:
@@ -61,19 +62,22 @@ def history_plot(report, path: Path) -> Path:
     return path
 
 
-def importance_plot(study, path: Path) -> Path | None:
-    """Optuna's parameter importances (needs a few finished trials); None if not computable."""
+def importance_plot(study, records: list, path: Path) -> Path | None:
+    """Optuna's parameter importances over `records` (needs a few finished trials); None if not
+    computable."""
     if study is None:
         return None
     import optuna
 
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in records if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 3:
         return None
     try:
         from optuna.visualization.matplotlib import plot_param_importances
 
-        ax = plot_param_importances(study)
+        current = optuna.create_study(directions=study.directions)
+        current.add_trials(records)
+        ax = plot_param_importances(current)
         _save(ax.figure, path)
         return path
     except Exception:  # importances are undefined for some histories (e.g. constant values)

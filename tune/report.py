@@ -25,11 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python tune/report.py", description="Write the report of a search.")
     ap.add_argument("experiment", help="results/<name> folder")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--confirm-top", type=int, default=0, metavar="K", help="re-run the K best configs with new seeds")
+    ap.add_argument("--confirm-top", type=int, default=None, metavar="K",
+                    help="re-run the K best configs with new seeds now, and export the best by mean; 0: export "
+                         "without a confirmation. Default: the search's own plan (a planned confirmation that "
+                         "has not finished means no best_config.yaml; `tune/run.py ... --resume` runs it)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--address", default=None, help="Ray cluster address for --confirm-top")
     args = ap.parse_args(argv)
-    if args.confirm_top < 0 or args.seeds < 1:
+    if (args.confirm_top is not None and args.confirm_top < 0) or args.seeds < 1:
         print("error: --confirm-top must be >= 0 and --seeds >= 1", file=sys.stderr)
         return 2
     exp = Path(args.experiment).resolve()  # Ray and pyarrow need absolute paths
@@ -37,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exp}: {'not a folder' if exp.exists() else 'no such folder'}", file=sys.stderr)
         return 2
     try:
-        report = write_report(exp, plots=not args.no_plots)
+        report = write_report(exp, plots=not args.no_plots and not args.confirm_top, confirm_top=args.confirm_top)
         if args.confirm_top:
             from tune.confirm import confirm_top  # imports Ray: only when asked to confirm
 
             if confirm_top(exp, report.spec, args.confirm_top, args.seeds, address=args.address) is None:
                 print("\ninterrupted while confirming; the same command continues it", file=sys.stderr)
                 return 130
-            report = write_report(exp, report.spec, plots=not args.no_plots)
+            report = write_report(exp, report.spec, plots=not args.no_plots, confirm_top=args.confirm_top)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -67,6 +67,29 @@ def read_results(path: Path) -> list[dict]:
     return sorted(by_epoch.values(), key=lambda r: int(r.get("training_iteration", 0)))
 
 
+def measured_values(results: list[dict], metric: str) -> list[tuple[int, float]]:
+    """(epoch, value) of each epoch that measured `metric`: finite, not a health stop's
+    penalty, and for a validation metric a validated epoch (`val/fresh` 1) -- a carried-forward
+    or not-yet-measured value is not a result."""
+    out = []
+    for r in results:
+        v = r.get(metric)
+        fresh = r.get("val/fresh", 1.0) if metric.startswith("val/") else 1.0
+        if isinstance(v, (int, float)) and math.isfinite(v) and not r.get("health/fatal") and fresh:
+            out.append((int(r.get("training_iteration", 0)), float(v)))
+    return out
+
+
+def run_value(results: list[dict], spec: SearchSpec) -> tuple[float | None, str | None]:
+    """What one run (a confirmation seed) scored: (value, health stop reason or None). A run a
+    health rule stopped scores the penalty, whatever it measured before the stop; otherwise
+    its best measured value (None if it measured nothing)."""
+    if results and results[-1].get("health/fatal"):
+        return float(spec.penalty), str(results[-1].get("health/stop_reason", "health"))
+    values = [v for _, v in measured_values(results, spec.metric)]
+    return (spec.best_of(values) if values else None), None
+
+
 TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")
 
 
@@ -88,10 +111,7 @@ def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
         m = TRIAL_DIR.search(tdir.name)
         trial_id = results[-1].get("trial_id") if results else (m.group(1) if m else tdir.name)
         row = TrialRow(str(trial_id), {k: params.get(k) for k in spec.params})
-        for r in results:
-            v = r.get(spec.metric)
-            if isinstance(v, (int, float)) and math.isfinite(v) and not r.get("health/fatal"):
-                row.history.append((int(r.get("training_iteration", 0)), float(v)))
+        row.history = measured_values(results, spec.metric)
         if results:
             last = results[-1]
             row.epochs = int(last.get("training_iteration", 0))
@@ -123,11 +143,7 @@ def _apply_journal_states(exp: Path, spec: SearchSpec, rows: list[TrialRow]) -> 
         return
     import optuna
 
-    by_id = {}
-    for t in study.get_trials(deepcopy=False):  # in number order: the newest record of a trial wins
-        rid = t.user_attrs.get("ray_trial_id")
-        if rid:
-            by_id[rid] = t
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in current_records(study) if t.user_attrs.get("ray_trial_id")}
     for row in rows:
         t = by_id.get(row.trial_id)
         if t is None or row.reason not in ("running", "completed", "error"):
@@ -138,6 +154,15 @@ def _apply_journal_states(exp: Path, spec: SearchSpec, rows: list[TrialRow]) -> 
             row.reason = "error"
         elif t.state == optuna.trial.TrialState.COMPLETE:
             row.reason = "completed"
+
+
+def current_records(study) -> list:
+    """The study's trials less the records a later `supersedes` record replaced (Optuna cannot
+    change a finished trial, so a restored search that learned a trial's real outcome adds a
+    new record): what the report counts, ranks and plots."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = {t.user_attrs["supersedes"] for t in trials if "supersedes" in t.user_attrs}
+    return [t for t in trials if t.number not in replaced]
 
 
 def load_study(exp: Path, spec: SearchSpec):
@@ -186,7 +211,8 @@ def _confirm_entry_ok(c) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
     return (isinstance(c, dict) and isinstance(c.get("source_trial"), str) and isinstance(c.get("values"), list)
-            and all(map(num, c["values"])) and all(num(c.get(k)) for k in ("mean", "search_value", "std")))
+            and all(map(num, c["values"])) and all(num(c.get(k)) for k in ("mean", "search_value", "std"))
+            and isinstance(c.get("health_stops", []), list) and all(isinstance(x, str) for x in c.get("health_stops", [])))
 
 
 @dataclass
@@ -196,6 +222,7 @@ class Report:
     rows: list[TrialRow]
     best: TrialRow | None
     confirm: list[dict] = field(default_factory=list)  # from confirm.json (--confirm-top)
+    confirm_pending: bool = False  # a confirmation is planned and has not finished
 
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
@@ -213,25 +240,42 @@ class Report:
         """The search ran every trial it was asked for: only then is its best an answer."""
         return self.finished >= self.spec.num_samples
 
+    @property
+    def exportable(self) -> bool:
+        """Only a finished search whose planned confirmation has finished exports a config."""
+        return self.complete and not self.confirm_pending and self.best is not None
+
     def incomplete_note(self) -> str:
+        if self.complete:  # the search finished, its confirmation did not
+            k, seeds = self.spec.confirm_plan()
+            return (f"the search finished but its confirmation ({k} best x {seeds} new seeds) did not; "
+                    f"no best_config.yaml is written until it has (continue it with --resume)")
         return (f"the search is incomplete: {self.finished} of {self.spec.num_samples} trials finished; "
                 f"no best_config.yaml is written until it is (continue it with --resume)")
+
+    def confirmed(self, row: TrialRow | None) -> dict | None:
+        """The confirmation entry of a trial (with at least one finished seed), or None."""
+        return next((c for c in self.confirm if row and c["source_trial"] == row.trial_id and c["values"]), None)
 
     def expected_rerun(self) -> str:
         """What a re-run of the exported config should score, said honestly: the confirmed mean
         over new seeds where there is one; otherwise the search value is one seed, the best of
         many, and biased upwards (the winner's curse)."""
         best = self.best
-        conf = next((c for c in self.confirm if best and c["source_trial"] == best.trial_id and c["values"]), None)
+        conf = self.confirmed(best)
         if conf:
+            stops = conf.get("health_stops") or []
+            warn = (f"; WARNING: {len(stops)} of {len(conf['values'])} new seeds were stopped by a health rule "
+                    f"({', '.join(stops)}) and scored the penalty {self.spec.penalty:g} -- no confirmed config "
+                    f"trained cleanly on every seed" if stops else "")
             return (f"expected on a re-run: {conf['mean']:.4f} (mean of {len(conf['values'])} new seeds, std "
-                    f"{conf['std']:.4f}; the search measured {best.best:.4f})")
+                    f"{conf['std']:.4f}; the search measured {best.best:.4f}{warn})")
         return (f"expected on a re-run: not measured -- {best.best:.4f} is one seed, the best of {len(self.rows)} "
                 f"trials, so a re-run most likely scores lower; --confirm-top K --seeds S measures it")
 
     def console_summary(self) -> str:
         lines = ["trials by stop reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))]
-        if not self.complete:
+        if not self.complete or self.confirm_pending:
             lines.append(self.incomplete_note())
         elif self.best:
             lines.append(f"best trial {self.best.trial_id}: {self.spec.metric} {self.best.best:.4f} with "
@@ -245,7 +289,10 @@ class Report:
 
 
 
-def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = True) -> Report:
+def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = True,
+                 confirm_top: int | None = None) -> Report:
+    """`confirm_top`: the confirmation this report waits for before it exports (None: the
+    search's own plan, SearchSpec.confirm_plan; 0: export without one)."""
     exp = Path(exp)
     if spec is None:
         if not (exp / "space.yaml").is_file():
@@ -256,21 +303,32 @@ def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = 
             raise ReportError(str(exc)) from None
     rows = collect_trials(exp, spec)
     confirm = read_confirm(exp)[1]
-    report = Report(exp, spec, rows, best_row(rows, spec), confirm)
-    if confirm:  # the best config by mean over new seeds, not a lucky single run
-        winner = max((c for c in confirm if c["values"]), key=lambda c: spec.sign * c["mean"], default=None)
-        if winner is not None:
-            report.best = next((r for r in rows if r.trial_id == winner["source_trial"]), report.best)
+    planned = spec.confirm_plan()[0] if confirm_top is None else confirm_top
+    pending = planned > 0 and not (exp / "confirm.json").is_file()  # written only when a confirmation ends
+    report = Report(exp, spec, rows, best_row(rows, spec), confirm, confirm_pending=pending)
+    winner = confirmed_winner(confirm, spec)
+    if winner is not None:  # the best config by mean over new seeds, not a lucky single run
+        report.best = next((r for r in rows if r.trial_id == winner["source_trial"]), report.best)
     atomic_write_text(exp / "leaderboard.csv", leaderboard_csv(report))
     atomic_write_text(exp / "summary.md", summary_md(report))
     atomic_write_text(exp / "health_report.md", health_md(report))
-    if report.best is not None and report.complete:
+    if report.exportable:
         write_best_config(report)
     if plots:
         from tune.plots import write_plots
 
-        write_plots(report, load_study(exp, spec))
+        study = load_study(exp, spec)
+        write_plots(report, study, current_records(study) if study is not None else [])
     return report
+
+
+def confirmed_winner(confirm: list[dict], spec: SearchSpec) -> dict | None:
+    """The confirmed config to export: the best mean among those whose every new seed trained
+    without a health stop; only if there is none, the best mean of the rest (the export then
+    says how many seeds a health rule stopped)."""
+    measured = [c for c in confirm if c["values"]]
+    healthy = [c for c in measured if not c.get("health_stops")]
+    return max(healthy or measured, key=lambda c: spec.sign * c["mean"], default=None)
 
 
 def leaderboard_csv(report: Report) -> str:
@@ -296,7 +354,7 @@ def summary_md(report: Report) -> str:
     lines = [f"# Search `{spec.name}`", "",
              f"metric `{spec.metric}` ({spec.mode}); {len(rows)} trials; ASHA max_t {spec.max_t}, "
              f"grace {spec.grace_period}, reduction {spec.reduction_factor}", ""]
-    if not report.complete:
+    if not report.complete or report.confirm_pending:
         lines += [f"**Interrupted**: {report.incomplete_note()}.", ""]
     if report.best:
         lines += [f"**Best trial** `{report.best.trial_id}`: {spec.metric} = {report.best.best:.4f} "
@@ -309,10 +367,14 @@ def summary_md(report: Report) -> str:
     if report.confirm:
         lines += ["## Confirmation (--confirm-top)", "",
                   f"best {spec.metric} over its epochs, per new seed; the best config is chosen by the mean", "",
-                  "| source trial | search value | mean | std | seeds |", "|---|---|---|---|---|"]
+                  "a seed stopped by a health rule scores the penalty; a config with such a seed is exported "
+                  "only if every confirmed config has one", "",
+                  "| source trial | search value | mean | std | seeds | health stops |", "|---|---|---|---|---|---|"]
         for c in report.confirm:
             seeds = ", ".join(f"{v:.4f}" for v in c["values"])
-            lines.append(f"| {c['source_trial']} | {c['search_value']:.4f} | {c['mean']:.4f} | {c['std']:.4f} | {seeds} |")
+            stops = ", ".join(c.get("health_stops") or []) or "none"
+            lines.append(f"| {c['source_trial']} | {c['search_value']:.4f} | {c['mean']:.4f} | {c['std']:.4f} | "
+                         f"{seeds} | {stops} |")
         lines.append("")
     lines += ["## Leaderboard", "", "| trial | " + " | ".join(keys) + " | best | last | epochs | time s | stop |",
               "|" + "---|" * (len(keys) + 6)]

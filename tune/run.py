@@ -45,7 +45,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--address", default=None, help="Ray cluster address (auto, host:port or ray://...)")
     ap.add_argument("--storage", default=None,
                     help="experiment storage: a path or URI (s3://...) shared by all nodes (default ./results)")
-    ap.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker died (default 2)")
+    ap.add_argument("--max-failures", type=int, default=None,
+                    help="retries of a trial whose worker died (default search.max_failures, 2)")
     ap.add_argument("--confirm-top", type=int, default=None, metavar="K",
                     help="after the search, re-run the K best configs with new seeds (see --seeds) and export the "
                          "best by mean; 0: off. Default: search.confirm_top, else 2 for a search of at most 16 "
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         spec = load_space(args.space)
-        spec = apply_cli(spec, args)
+        spec = resumed_spec(spec, args) if args.resume else apply_cli(spec, args)
     except SpaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -80,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     confirm, seeds = spec.confirm_plan()
     opts = SearchOptions(space=args.space, storage=args.storage, address=args.address, resume=args.resume,
-                         max_failures=args.max_failures, report_every=args.report_every,
-                         confirm_top=confirm if args.confirm_top is None else args.confirm_top,
-                         seeds=seeds if args.seeds is None else args.seeds)
+                         max_failures=spec.max_failures, report_every=args.report_every, confirm_top=confirm,
+                         seeds=seeds)
     from tune.results import ReportError
 
     try:
@@ -95,20 +95,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+# The options that set a search's plan: (flag, SearchSpec field, smallest value). A new search
+# records them in results/<name>/space.yaml; --resume takes them from there.
+PLAN_OPTIONS = (("num_samples", "num_samples", 1), ("max_concurrent", "max_concurrent", 1),
+                ("confirm_top", "confirm_top", 0), ("seeds", "confirm_seeds", 1), ("max_failures", "max_failures", 0))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def experiment_name(spec, args) -> str:
+    if args.name is not None and (not SAFE_NAME.match(args.name) or args.name in (".", "..")):
+        raise SpaceError(f"--name {args.name!r}: must be a plain folder name (letters, digits, _ . -)")
+    return args.name if args.name is not None else spec.name
+
+
 def apply_cli(spec, args):
-    changes = {}
-    if args.name is not None:
-        if not SAFE_NAME.match(args.name) or args.name in (".", ".."):
-            raise SpaceError(f"--name {args.name!r}: must be a plain folder name (letters, digits, _ . -)")
-        changes["name"] = args.name
-    for flag, field in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent")):
+    changes = {"name": experiment_name(spec, args)}
+    for flag, field, low in PLAN_OPTIONS:
         v = getattr(args, flag)
         if v is not None:
-            if v < 1:
-                raise SpaceError(f"--{flag.replace('_', '-')}: must be >= 1")
+            if v < low:
+                raise SpaceError(f"{_flag(flag)}: must be >= {low}")
             changes[field] = v
-    if (args.confirm_top is not None and args.confirm_top < 0) or (args.seeds is not None and args.seeds < 1):
-        raise SpaceError("--confirm-top must be >= 0 and --seeds >= 1")
     base_items = [x for x in args.set if not x.startswith("resources.")]
     for item in args.set:
         if item.startswith("resources."):
@@ -118,6 +128,36 @@ def apply_cli(spec, args):
     spec = replace(spec, **changes) if changes else spec
     check_rungs_validated(spec)
     return spec
+
+
+def resumed_spec(spec, args):
+    """--resume: the search exactly as it was started -- space, base (--set included),
+    resources and plan (trials, concurrency, confirmation, retries) -- from the experiment's
+    own space.yaml. An option given again that contradicts it is an error naming it."""
+    name = experiment_name(spec, args)
+    storage = args.storage or str(DEFAULT_RESULTS)
+    if "://" in storage:  # remote storage: no local copy of the saved space to read
+        return apply_cli(spec, args)
+    exp = Path(storage).resolve() / name
+    saved_path = exp / "space.yaml"
+    if not saved_path.is_file():
+        raise SpaceError(f"{exp}: no search to resume (no space.yaml)")
+    saved = load_space(str(saved_path))
+    if saved.params.keys() != spec.params.keys():
+        raise SpaceError(f"{saved_path}: the search was started with other parameters than {spec.path.name} "
+                         f"({', '.join(saved.params)}); resume with the same --space")
+    if args.set:
+        raise SpaceError(f"--set: a resumed search keeps the base and resources it started with ({saved_path})")
+    k, seeds = saved.confirm_plan()
+    started = {"num_samples": saved.num_samples, "max_concurrent": saved.max_concurrent, "confirm_top": k,
+               "seeds": seeds, "max_failures": saved.max_failures}
+    for flag, _, _ in PLAN_OPTIONS:
+        v = getattr(args, flag)
+        if v is not None and v != started[flag]:
+            raise SpaceError(f"{_flag(flag)} {v}: the search in {exp} was started with {started[flag]} "
+                             f"({saved_path}); --resume continues it as it was started: drop the option, "
+                             f"or start a new search with another --name")
+    return replace(saved, name=name)
 
 
 def override_resource(item: str, resume: bool) -> dict:
@@ -151,7 +191,7 @@ def override_base(spec, items: list[str], resume: bool):
     for key in overrides:
         if key in spec.params:
             raise SpaceError(f"--set {key}: a searched parameter (change its range in {spec.path.name})")
-        if key in ("epochs", "device_share"):
+        if key in ("epochs", "device_share", "host_share"):
             raise SpaceError(f"--set {key}: {NOT_SEARCHABLE[key]}")
     try:
         return spec.base.with_overrides(overrides).resolve_paths()

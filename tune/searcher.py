@@ -2,7 +2,7 @@
 
 Stock `ray.tune.search.optuna.OptunaSearch` tells an ASHA-stopped trial COMPLETE with its
 early value, tells NaN (which leaves the trial RUNNING forever) and drops the last
-intermediate value. Here (see ../shared/RAY-OPTUNA-FACTS.md for the measurements):
+intermediate value (measured with Ray 2.60 and Optuna 5: docs/design.md). Here:
 
   completed at max_t          -> COMPLETE with the metric
   stopped by ASHA at a rung   -> PRUNED, with its intermediate values (the last one included)
@@ -102,7 +102,7 @@ class RefDetOptunaSearch(OptunaSearch):
         # the restored searcher is the last snapshot's, and may not know what it told since.
         told = self._ot_study._storage.get_trial(ot_trial._trial_id)
         if told.state.is_finished():
-            if not self._same_outcome(told, outcome, value):
+            if not self._same_outcome(told, outcome, value, int((result or {}).get("training_iteration", 0))):
                 self._supersede(trial_id, told, outcome, value, reason, result)
             self._completed_trials.add(trial_id)
             return
@@ -126,12 +126,14 @@ class RefDetOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     @staticmethod
-    def _same_outcome(told, outcome: str, value: float | None) -> bool:
+    def _same_outcome(told, outcome: str, value: float | None, it: int) -> bool:
+        """Does the journal's record say what happened? A pruned trial: pruned at the same rung
+        (its last intermediate step) with the same value."""
         if outcome == "fail":
             return told.state == TrialState.FAIL
         if outcome == "pruned":
-            return told.state == TrialState.PRUNED and told.intermediate_values.get(
-                max(told.intermediate_values, default=-1)) == value
+            last = max(told.intermediate_values, default=-1)
+            return told.state == TrialState.PRUNED and last == it and told.intermediate_values.get(last) == value
         infeasible = (told.constraints or {}).get("health", 0.0) > 0
         return told.state == TrialState.COMPLETE and told.value == value and infeasible == (outcome == "infeasible")
 

@@ -11,7 +11,7 @@ A space file (see search_spaces/*.yaml):
       loss.dfl_weight: {type: uniform, low: 0.25, high: 2.0}     # optional step
       data.n_way: {type: choice, values: [2, 4]}
     search: {metric: val/st_iou, mode: max, num_samples: 8, max_concurrent: 2, seed: 0,
-             initial_points: [{...}], penalty: 0.0}
+             initial_points: [{...}], penalty: 0.0, confirm_top: 2, confirm_seeds: 2, max_failures: 2}
     scheduler: {type: asha, max_t: 4, grace_period: 2, reduction_factor: 2}
     health: {patience: 3, ...}       # HealthConfig overrides
     resources: {cpu: 1, gpu: 0}      # per trial; fractions allowed (gpu: 0.5 packs two per GPU)
@@ -101,6 +101,7 @@ class SearchSpec:
     tie_break: str | None = None
     confirm_top: int | None = None  # None: CONFIRM_DEFAULT for a small search, else 0
     confirm_seeds: int = 2
+    max_failures: int = 2  # retries of a trial whose worker died (Tune's FailureConfig)
     raw: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -176,6 +177,7 @@ NOT_SEARCHABLE = {
     "epochs": "a trial's epochs are scheduler.max_t",
     "val_interval": "ASHA's rungs must fall on validated epochs; set it in base_overrides",
     "device_share": "it is the trial's resources.gpu",
+    "host_share": "it is the trial's share of its node, from its resources",
 }
 
 
@@ -333,7 +335,8 @@ def load_space(name_or_path: str) -> SearchSpec:
     params = {str(k): _param(str(k), v, where) for k, v in params_raw.items()}
 
     search = _section(raw, "search", where, {"metric", "mode", "num_samples", "max_concurrent", "seed",
-                                              "initial_points", "penalty", "confirm_top", "confirm_seeds"})
+                                              "initial_points", "penalty", "confirm_top", "confirm_seeds",
+                                              "max_failures"})
     metric = search.get("metric", "val/st_iou")
     if metric not in SEARCH_METRICS:
         raise SpaceError(f"{where}: search.metric: {metric!r} is not a reported metric (one of {', '.join(SEARCH_METRICS)})")
@@ -349,6 +352,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     if confirm_top is not None:
         confirm_top = _num(confirm_top, "search.confirm_top", where, int, 0)
     confirm_seeds = _num(search.get("confirm_seeds", 2), "search.confirm_seeds", where, int, 1)
+    max_failures = _num(search.get("max_failures", 2), "search.max_failures", where, int, 0)
 
     sched = _section(raw, "scheduler", where, {"type", "max_t", "grace_period", "reduction_factor", "tie_break"})
     if sched.get("type", "asha") != "asha":
@@ -375,7 +379,7 @@ def load_space(name_or_path: str) -> SearchSpec:
         raise SpaceError(f"{where}: {exc}") from None
     spec = SearchSpec(name, path.resolve(), base, params, metric, mode, num_samples, max_concurrent, seed,
                       tuple(initial), penalty, max_t, grace, reduction, cpu, gpu, final_epochs, tie_break, confirm_top,
-                      confirm_seeds, raw)
+                      confirm_seeds, max_failures, raw)
     check_rungs_validated(spec)
     return spec
 

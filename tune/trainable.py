@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,15 @@ import ray
 from ray import tune
 
 from refdet.config import TrainConfig
-from refdet.engine.device import cpu_threads, is_out_of_memory, oom_verdict, release_memory
+from refdet.engine.device import (
+    MemoryShare,
+    cpu_threads,
+    is_out_of_memory,
+    judge_oom,
+    release_memory,
+    resolve_device,
+    uses_its_share,
+)
 from refdet.engine.health import Verdict
 from refdet.engine.trainer import Trainer
 
@@ -30,18 +39,24 @@ def build_trial_config(spec, params: dict) -> TrainConfig:
     # "auto": CUDA when Ray gave the trial a GPU it can see, the CPU otherwise (a simulated
     # cluster's logical GPUs, or a GPU-less node) -- never a crash for want of CUDA.
     # device_share: the trial's CUDA memory budget is its share of the device.
+    # host_share: its share of the node's host memory, the trial's packing fraction. Both
+    # decide whether an out-of-memory error is the config's own (refdet.engine.device.judge_oom).
     return cfg.with_overrides({"num_threads": cpu_threads(spec.cpu), "device": "auto",
-                               "device_share": min(1.0, spec.gpu) if spec.gpu > 0 else 1.0})
+                               "device_share": min(1.0, spec.gpu) if spec.gpu > 0 else 1.0,
+                               "host_share": node_share(spec.cpu, spec.gpu)})
 
 
 def search_metrics(result_metrics: dict, metric: str, penalty: float, fatal: bool) -> dict:
     """The report: every metric, the search metric finite; a fatal trial reports the penalty.
-    A non-finite search metric on a healthy epoch is a fatal `nonfinite` verdict (see
-    run_trial), never a feasible value. Other non-finite values (a NaN training loss) are
-    reported as -1.0 (Tune, ASHA and TensorBoard's HParams view all choke on NaN) and named in
-    `health/nonfinite_metrics` (comma-separated), so no decision reads the -1.0 as a value."""
+    A search metric not measured yet (a validation metric before the first validated epoch:
+    `val/fresh` 0, the trainer's placeholder) also reports the penalty -- a stale value that
+    no decision reads (only fresh values reach ASHA and Optuna) and that can never look like
+    the best. A non-finite search metric on a validated epoch is a fatal `nonfinite` verdict
+    (see epoch_report), never a feasible value. Other non-finite values (a NaN training loss)
+    are reported as -1.0 (Tune, ASHA and TensorBoard's HParams view all choke on NaN) and named
+    in `health/nonfinite_metrics` (comma-separated), so no decision reads the -1.0 as a value."""
     out = dict(result_metrics)
-    if fatal:
+    if fatal or (not is_measured(out, metric) and not _finite(out.get(metric))):
         out[metric] = float(penalty)
     replaced = []
     for k, v in list(out.items()):
@@ -83,12 +98,14 @@ def run_trial(cfg: TrainConfig, metric: str, penalty: float) -> None:
     with a checkpoint, end at once on a fatal verdict (reported, never resumed).
 
     An out-of-memory error anywhere -- building the model, loading data, a step, validation,
-    saving -- ends the trial with an `oom` verdict instead of an exception, so Tune does not
-    retry it (an OOM is deterministic for a config). A retry after Ray's memory monitor
-    killed the worker is recognised from the trial's error file and reported the same way.
-    TensorBoard is written by the driver's TrialTensorBoard callback from these reports."""
+    saving -- where the trial used its share of the device or node ends the trial with an
+    `oom` verdict instead of an exception, so Tune does not retry it (deterministic for the
+    config); one within its share was a neighbour's doing (MemoryPushedOver, raised: Tune
+    retries the trial from its last checkpoint). A retry after Ray's memory monitor killed the
+    worker is judged the same way from the trial's error file. TensorBoard is written by the
+    driver's TrialTensorBoard callback from these reports."""
     trial_dir = Path(tune.get_context().get_trial_dir())
-    killed = ray_oom_kill(trial_dir)
+    killed = ray_oom_kill(trial_dir, cfg)
     if killed is not None:
         tune.report(fatal_report(killed, metric, penalty))
         return
@@ -106,33 +123,58 @@ def run_trial(cfg: TrainConfig, metric: str, penalty: float) -> None:
             trainer.log.line(f"resumed from a Tune checkpoint at epoch {trainer.epoch}")
         for result in trainer.fit():
             step, last = result.step, result.metrics
-            verdict = result.verdict or nonfinite_metric(result, metric)
-            report = {**result.metrics, "trace/steps": result.trace}
+            report, verdict = epoch_report(result, metric, penalty)
             if verdict is not None:
-                trainer.log.line(verdict.message)
-                tune.report(fatal_report(verdict, metric, penalty, report))  # no checkpoint: never resumed
+                if result.verdict is None:
+                    trainer.log.line(verdict.message)
+                tune.report(report)  # no checkpoint: never resumed
                 return
             with tempfile.TemporaryDirectory() as tmp:
                 trainer.save(Path(tmp) / CKPT_NAME)
-                tune.report(search_metrics(report, metric, penalty, False),
-                            checkpoint=tune.Checkpoint.from_directory(tmp))
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        if trainer is not None:
-            release_memory(trainer.device)
-        tune.report(fatal_report(oom_verdict(exc, step + 1), metric, penalty, last))
+        device = trainer.device if trainer is not None else resolve_device(cfg.device)
+        try:
+            verdict = judge_oom(exc, step + 1, device, memory_share(cfg))  # raises MemoryPushedOver
+        finally:
+            release_memory(device)
+        tune.report(fatal_report(verdict, metric, penalty, last))
     finally:
         if trainer is not None:
             trainer.close()
 
 
+def is_measured(metrics: dict, metric: str) -> bool:
+    """Did this epoch measure `metric`? Training metrics every epoch; validation metrics only
+    on validated epochs (`val/fresh` 1): between them the trainer carries the last value
+    forward, and before the first one it holds a placeholder (NaN for val/loss)."""
+    return not metric.startswith("val/") or bool(metrics.get("val/fresh", 1.0))
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def nonfinite_metric(result, metric: str):
-    """A validation that measured a NaN/inf search metric: a fatal `nonfinite` verdict."""
+    """A measurement of the search metric that is NaN/inf: a fatal `nonfinite` verdict. An
+    epoch that did not measure it (stale) is never one."""
     value = result.metrics.get(metric)
-    if isinstance(value, float) and math.isfinite(value):
+    if _finite(value) or not is_measured(result.metrics, metric):
         return None
     return Verdict("nonfinite_metric", "nonfinite", result.step, {metric: value})
+
+
+def epoch_report(result, metric: str, penalty: float) -> tuple[dict, Verdict | None]:
+    """What a trial reports to Tune after an epoch: (the report, the verdict that ends the
+    trial or None). The single path from an EpochResult to a report (search, confirmation,
+    final run)."""
+    verdict = result.verdict or nonfinite_metric(result, metric)
+    report = {**result.metrics, "trace/steps": result.trace}
+    if verdict is not None:
+        return fatal_report(verdict, metric, penalty, report), verdict
+    return search_metrics(report, metric, penalty, False), None
 
 
 def storage_trial_dir() -> Path | None:
@@ -148,10 +190,19 @@ def storage_trial_dir() -> Path | None:
         return None
 
 
-def ray_oom_kill(trial_dir: Path):
+# Ray's memory monitor: "Task was killed due to the node running low on memory. ... where the
+# task (..., pid=N, memory used=1.25GB) was running ..." (the usage is missing in some versions)
+RAY_OOM_KILL = re.compile(r"killed due to the node running (low on|out of) memory")
+RAY_OOM_USED = re.compile(r"memory used=([\d.]+)GB")
+
+
+def ray_oom_kill(trial_dir: Path, cfg: TrainConfig):
     """An `oom` verdict when this is a retry after Ray's memory monitor killed the trial's
-    worker (its error file says so), else None. Without shared storage the driver's error
-    file is not visible on a worker node; such a trial is retried and told FAIL at the end."""
+    worker (its error file says so) while the trial used its share of the node (the monitor's
+    message says how much it used; a trial alone on its node always did); else None: a kill
+    within its share, or of unknown size, was the neighbours' doing and the trial trains on.
+    Without shared storage the driver's error file is not visible on a worker node; such a
+    trial is retried and told FAIL at the end."""
     text = ""
     for folder in (trial_dir, storage_trial_dir()):
         err = folder / "error.txt" if folder is not None else None
@@ -160,6 +211,32 @@ def ray_oom_kill(trial_dir: Path):
                 text += err.read_text(errors="replace")
         except OSError:
             pass
-    if "OutOfMemoryError" not in text and "out of memory" not in text.lower():
+    kills = list(RAY_OOM_KILL.finditer(text))
+    if not kills:
         return None
-    return Verdict("ray_oom_kill", "oom", 0, {"error": "Ray killed the trial's worker for memory (error.txt)"})
+    used = RAY_OOM_USED.search(text, kills[-1].end())  # the newest kill's
+    judged = uses_its_share(float(used.group(1)), memory_share(cfg), "host") if used else None
+    if judged is None and cfg.host_share < 1.0:
+        return None
+    return Verdict("ray_oom_kill", "oom", 0, {"error": "Ray's memory monitor killed the trial's worker (error.txt)",
+                                              "used": judged or "the node to itself"})
+
+
+def memory_share(cfg: TrainConfig) -> MemoryShare:
+    return MemoryShare(cfg.device_share, cfg.host_share, cfg.health.mem_budget_gb)
+
+
+def node_share(cpu: float, gpu: float) -> float:
+    """This trial's share of its node: the larger of its CPU and GPU fractions of the node (how
+    many such trials Ray can pack onto it). 1.0 when the node cannot be read."""
+    if not ray.is_initialized():  # not in a trial (asking would start a Ray)
+        return 1.0
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        res = next(n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node)
+    except Exception:  # outside a Ray worker, or the node list is unreadable
+        return 1.0
+    fractions = [cpu / res["CPU"]] if res.get("CPU") else []
+    if gpu and res.get("GPU"):
+        fractions.append(gpu / res["GPU"])
+    return min(1.0, max(fractions, default=1.0))

@@ -14,7 +14,7 @@ must hold. The streak counters are derived from it, so a new rule is one entry (
 |----------------|----------------|--------------------------------------------------------------------|
 | nonfinite      | nonfinite      | loss or pre-clip norm NaN/inf (not an fp16 overflow skip), once    |
 | memory_budget  | memory_budget  | host RSS > budget, or CUDA peak > the trial's share of the device  |
-| grad_norm      | grad_explosion | pre-clip norm > grad_norm_max, `patience` steps                    |
+| grad_norm      | grad_explosion | pre-clip norm / sum of loss weights > grad_norm_max, `patience`    |
 | grad_growth    | grad_explosion | pre-clip norm > grad_growth_factor x its running median, `patience`|
 | loss_spike     | loss_spike     | unweighted loss > loss_spike_factor x its running median,          |
 |                |                | `loss_spike_patience` steps                                        |
@@ -69,6 +69,15 @@ class StepStats:
     num_gt: int = 0  # ground-truth boxes in the batch
     cpe_positives: int = 0
     amp_skipped: bool = False  # fp16 GradScaler overflow: the step was skipped, by design
+    loss_weight_sum: float = 1.0  # sum of the loss weights of the total whose gradient grad_norm_pre is
+
+    @property
+    def grad_norm_per_weight(self) -> float:
+        """The pre-clip norm of the gradient of total / sum(weights): a convex combination of the
+        unweighted terms, so by the triangle inequality it is at most the largest unweighted
+        term's own gradient norm. A limit on it cannot stop a run whose every term's gradient is
+        within the limit, wherever the (searched) weights put the mix."""
+        return self.grad_norm_pre / max(self.loss_weight_sum, 1e-12)
 
     @property
     def clip_ratio(self) -> float:
@@ -114,21 +123,30 @@ class StepRule:
     patience: Callable[[HealthConfig], int]
 
 
-def _host_memory(m: HealthMonitor, s: StepStats) -> dict | None:
-    if s.mem_rss_gb > m.cfg.mem_budget_gb:
-        return dict(mem_rss_gb=s.mem_rss_gb, budget_gb=m.cfg.mem_budget_gb)
+def _over_host_budget(m: HealthMonitor, rss_gb: float) -> dict | None:
+    return dict(mem_rss_gb=rss_gb, budget_gb=m.cfg.mem_budget_gb) if rss_gb > m.cfg.mem_budget_gb else None
+
+
+def _over_cuda_budget(m: HealthMonitor, peak_gb: float) -> dict | None:
+    if m.cuda_budget_gb and peak_gb > m.cuda_budget_gb:
+        return dict(mem_cuda_peak_gb=peak_gb, budget_gb=m.cuda_budget_gb)
     return None
+
+
+def _host_memory(m: HealthMonitor, s: StepStats) -> dict | None:
+    return _over_host_budget(m, s.mem_rss_gb)
 
 
 def _cuda_memory(m: HealthMonitor, s: StepStats) -> dict | None:
-    if m.cuda_budget_gb and s.mem_cuda_peak_gb > m.cuda_budget_gb:
-        return dict(mem_cuda_peak_gb=s.mem_cuda_peak_gb, budget_gb=m.cuda_budget_gb)
-    return None
+    return _over_cuda_budget(m, s.mem_cuda_peak_gb)
 
 
 def _grad_norm(m: HealthMonitor, s: StepStats) -> dict | None:
-    if s.grad_norm_pre > m.cfg.grad_norm_max:
-        return dict(grad_norm_pre=s.grad_norm_pre, limit=m.cfg.grad_norm_max)
+    # Per unit of loss weight, not the raw norm: the raw norm of the weighted total scales with
+    # a searched weight (a DFL weight of 4 against 0.25 is 16x its DFL share).
+    if s.grad_norm_per_weight > m.cfg.grad_norm_max:
+        return dict(grad_norm_per_weight=s.grad_norm_per_weight, grad_norm_pre=s.grad_norm_pre,
+                    loss_weight_sum=s.loss_weight_sum, limit=m.cfg.grad_norm_max)
     return None
 
 
@@ -256,10 +274,22 @@ class HealthMonitor:
         return None
 
     # -- per epoch -----------------------------------------------------------------------
-    def end_epoch(self, epoch: int, step: int, rss_gb: float) -> Verdict | None:
-        """Call after each epoch (after validation) with the current RSS."""
+    def end_epoch(self, epoch: int, step: int, rss_gb: float, cuda_peak_gb: float = 0.0,
+                  peak_rss_gb: float = 0.0) -> Verdict | None:
+        """Call after each epoch, after validation, with the current RSS, and the epoch's CUDA
+        peak and host RSS peak since the last step (validation): validation's memory is judged
+        by the same budgets as a step's; the RSS growth rule reads the epochs' RSS."""
         self.epoch_rss.append(rss_gb)
         c = self.cfg
+        peak_rss_gb = max(peak_rss_gb, rss_gb)
+        self.epoch_stats["rss"] = max(self.epoch_stats["rss"], peak_rss_gb)
+        self.epoch_stats["cuda_peak"] = max(self.epoch_stats["cuda_peak"], cuda_peak_gb)
+        if c.enabled:
+            for rule, values in (("memory_budget", _over_host_budget(self, peak_rss_gb)),
+                                 ("cuda_memory_budget", _over_cuda_budget(self, cuda_peak_gb))):
+                if values is not None:
+                    return self._fire(rule, "memory_budget", step, when="end of epoch (validation included)",
+                                      **values)
         if c.enabled and epoch > c.mem_growth_after_epoch and len(self.epoch_rss) >= 2:
             growth = self.rss_growth_pct()
             if growth > c.mem_growth_pct:

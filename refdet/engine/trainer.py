@@ -38,10 +38,14 @@ from refdet.data.frames import FrameCache
 from refdet.engine.checkpoint import load_checkpoint, save_checkpoint
 from refdet.engine.device import (
     GB,
+    MemoryShare,
     cpu_threads,
+    cuda_budget_gb,
+    cuda_total_gb,
     host_rss_gb,
     is_out_of_memory,
-    oom_verdict,
+    judge_oom,
+    limit_cuda_memory,
     release_memory,
     resolve_device,
 )
@@ -55,7 +59,7 @@ from refdet.engine.health import (
 from refdet.engine.optim import build_optimizer, build_schedule
 from refdet.engine.runlog import RunLog, StepTrace
 from refdet.losses.criterion import build_criterion
-from refdet.metrics import ap50, mean_st_iou, recall50, top_box
+from refdet.metrics import VAL_METRICS, ap50, mean_st_iou, recall50, top_box
 from refdet.model import build_model
 from refdet.model.pretrained import load_pretrained
 from refdet.ops.boxes import postprocess
@@ -96,6 +100,7 @@ class Trainer:
                 self.log.line(line)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.criterion = build_criterion(cfg.loss, cfg.model.reg_max, self.model.cpe_embed, cfg.stage)
+        self.loss_weight_sum = sum(self.criterion.weights().values())  # the health rules' gradient scale
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_schedule(self.optimizer, cfg.optim, cfg.steps_per_epoch, cfg.epochs)
         cuda = self.device.type == "cuda"
@@ -105,22 +110,18 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         # A GradScaler is needed for fp16 only; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.health = HealthMonitor(cfg.health, cpe_active=cfg.stage == 2, cuda_budget_gb=self.cuda_budget_gb())
+        self.memory_share = MemoryShare(cfg.device_share, cfg.host_share, cfg.health.mem_budget_gb)
+        limit_cuda_memory(self.device, cfg.device_share)
+        self.health = HealthMonitor(cfg.health, cpe_active=cfg.stage == 2,
+                                    cuda_budget_gb=cuda_budget_gb(cfg, cuda_total_gb(self.device)))
+        self.val_peak_rss_gb = 0.0  # host RSS peak of the last validation (read per video)
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
-        self.val_metrics = {"val/st_iou": 0.0, "val/ap50": 0.0, "val/recall": 0.0, "val/loss": math.nan}  # until measured
+        self.val_metrics = dict.fromkeys(VAL_METRICS, math.nan)  # not measured yet (val/fresh says so)
         if cfg.checkpoint:
             self.load_weights(cfg.checkpoint)
 
     # -- construction ----------------------------------------------------------------------
-    def cuda_budget_gb(self) -> float:
-        """This run's CUDA budget: its share of the device (a trial's resources.gpu) x the
-        configured fraction, so a trial's verdict does not depend on what shares the GPU."""
-        if self.device.type != "cuda":
-            return 0.0
-        total = torch.cuda.get_device_properties(self.device).total_memory / GB
-        return self.cfg.health.cuda_mem_fraction * self.cfg.device_share * total
-
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)
@@ -193,6 +194,7 @@ class Trainer:
         return StepStats(
             step=self.step, epoch=self.epoch + 1, loss=total, terms=terms, **counts, grad_norm_pre=pre_v,
             grad_norm_post=post, clipped=bool(pre_v > max_norm), nonfinite=nonfinite, amp_skipped=amp_skipped, lr=lr,
+            loss_weight_sum=self.loss_weight_sum,
             mem_rss_gb=host_rss_gb(),
             mem_cuda_alloc_gb=torch.cuda.memory_allocated(self.device) / GB if cuda else 0.0,
             mem_cuda_peak_gb=torch.cuda.max_memory_allocated(self.device) / GB if cuda else 0.0,
@@ -235,6 +237,7 @@ class Trainer:
                     gts_ap.append(g)
                     preds_rec.append([b for b, s in zip(boxes, scores) if s >= thr])
             videos.append((gt, pred))
+            self.val_peak_rss_gb = max(self.val_peak_rss_gb, host_rss_gb())  # one /proc read per video
         del outputs
         release_memory(self.device)  # what validation allocated, before training resumes (the original leak)
         return {"val/st_iou": mean_st_iou(videos), "val/ap50": ap50(preds_ap, gts_ap),
@@ -300,10 +303,14 @@ class Trainer:
         return {f"train/{k}": v / max(n, 1) for k, v in sums.items()}, verdict
 
     def _oom(self, exc: BaseException) -> Verdict:
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-        release_memory(self.device)
-        return oom_verdict(exc, self.step + 1)
+        """The `oom` verdict, or MemoryPushedOver when a run sharing the device or node ran out
+        within its share (judge_oom); memory is freed either way."""
+        try:
+            return judge_oom(exc, self.step + 1, self.device, self.memory_share)
+        finally:
+            if self.optimizer is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+            release_memory(self.device)
 
     def fit(self, progress=None) -> Iterator[EpochResult]:
         """Trains from the current epoch to cfg.epochs, yielding after each epoch; ends after
@@ -321,6 +328,7 @@ class Trainer:
         train_metrics, verdict = self.train_epoch(progress)
         self.epoch += 1
         validated = False
+        self.val_peak_rss_gb = 0.0
         if verdict is None and (self.epoch % cfg.val_interval == 0 or self.epoch == cfg.epochs):
             try:
                 self.val_metrics = self.evaluate()
@@ -329,7 +337,10 @@ class Trainer:
                 if not is_out_of_memory(exc):
                     raise
                 verdict = self._oom(exc)
-        leak = self.health.end_epoch(self.epoch, self.step, host_rss_gb())
+        # The epoch's memory peaks, validation included (the CUDA peak is reset when the next
+        # epoch starts, so this is the only look at validation's).
+        cuda_peak = torch.cuda.max_memory_allocated(self.device) / GB if self.device.type == "cuda" else 0.0
+        leak = self.health.end_epoch(self.epoch, self.step, host_rss_gb(), cuda_peak, self.val_peak_rss_gb)
         verdict = verdict or leak
         metrics = self.epoch_metrics(train_metrics, verdict, validated)
         self.log.epoch(metrics, self.step)
