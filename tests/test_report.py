@@ -26,7 +26,6 @@ def trial(exp, tid, n, params, values, fatal_at=None, reason="dfl_divergence"):
 
 def experiment(tmp_path, tiny_dataset, confirm_top=2):
     space = write_space(tmp_path, tiny_dataset, "rep", num_samples=3, max_t=3)
-    spec = load_space(str(space))
     exp = tmp_path / "results" / "rep"
     exp.mkdir(parents=True)
     raw = space.read_text().replace("confirm_top: 0", f"confirm_top: {confirm_top}")

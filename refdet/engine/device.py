@@ -18,9 +18,9 @@ GB = 1024**3
 
 # A failed CPU allocation is a RuntimeError from torch's allocator, not a MemoryError.
 CPU_OOM_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
-# A DataLoader worker SIGKILLed (in practice the kernel's OOM killer) surfaces in the run as a
-# RuntimeError "DataLoader worker (pid(s) N) exited unexpectedly" / "... is killed by signal: Killed."
-LOADER_KILLED = re.compile(r"DataLoader worker \(pid.*(killed by signal: Killed|exited unexpectedly)", re.S)
+# A DataLoader worker SIGKILLed (in practice the kernel's OOM killer), as torch's SIGCHLD handler
+# says it (the trainer says it so too where that handler cannot run: Trainer.batches).
+LOADER_KILLED = re.compile(r"DataLoader worker \(pid.*killed by signal: Killed", re.S)
 # The size a failed allocation asked for, as torch (CUDA: "Tried to allocate 2.00 GiB"; CPU:
 # "you tried to allocate 123 bytes") and numpy ("Unable to allocate 1.5 GiB") say it.
 REQUEST = re.compile(r"(?i)allocate ([\d.]+) ?(bytes|[KMGT]i?B)")

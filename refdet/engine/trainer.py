@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -271,6 +272,24 @@ class Trainer:
         self._epoch_indices.epoch = epoch
         return self._loader
 
+    def batches(self, epoch: int) -> Iterator[dict]:
+        """The epoch's batches. A loader worker killed by SIGKILL surfaces from torch as "exited
+        unexpectedly" (its SIGCHLD handler, which names the signal, only runs in a main thread;
+        a Ray trial is not one): the worker's exit code tells a kill -- in practice the kernel's
+        OOM killer -- from a crash, and only a kill is raised as out of memory."""
+        it = iter(self.loader(epoch))
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                dead = [w.pid for w in getattr(it, "_workers", ()) if w.exitcode == -signal.SIGKILL]
+                if dead and "DataLoader worker" in str(exc):
+                    raise RuntimeError(f"DataLoader worker (pid {dead[0]}) is killed by signal: Killed.") from exc
+                raise
+            yield batch
+
     def train_epoch(self, progress=None) -> tuple[dict[str, float], Verdict | None]:
         """Runs one epoch; stops within the step where a health rule fires. An out-of-memory
         error anywhere in the epoch (a batch, a step) is an `oom` verdict."""
@@ -282,7 +301,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)  # peak per epoch window
         try:
             t_data = time.perf_counter()
-            for batch in self.loader(self.epoch):
+            for batch in self.batches(self.epoch):
                 stats = self.train_step(batch, time.perf_counter() - t_data)
                 self.log.step(stats)
                 verdict = self.health.update(stats)
