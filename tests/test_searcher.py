@@ -176,3 +176,37 @@ def test_every_metric_searches_normally_with_val_interval_2(tiny_cfg):
         assert told.state == TrialState.COMPLETE and told.constraints == {"health": 0.0}, metric
         assert told.value == reports[1][metric] == epochs[1].metrics[metric], metric
         assert set(told.intermediate_values) <= ({2} if metric.startswith("val/") else {1, 2}), metric
+
+
+def test_a_trial_restored_twice_keeps_one_current_record(tmp_path):
+    """Two driver kills, each between a trial's tell and the next snapshot: the second restore
+    must compare the trial's end with its newest record (the superseding one), not the first
+    tell -- else it adds a second record superseding the same old one, and the report and TPE
+    see two current records of one Ray trial."""
+    from tune.results import current_records
+    from tune.searcher import RefDetOptunaSearch
+
+    def restore(name):
+        r = RefDetOptunaSearch.__new__(RefDetOptunaSearch)
+        r.restore(str(tmp_path / name))
+        return r
+
+    spec, s = make(tmp_path)
+    s.suggest("first")
+    s.suggest("e")
+    s.save(str(tmp_path / "s1.pkl"))
+    s.on_trial_complete("e", result(1, 0.07))  # PRUNED at rung 1; the driver dies before a snapshot
+    r1 = restore("s1.pkl")
+    r1.save(str(tmp_path / "s2.pkl"))  # the resumed search's snapshot, before e ends again
+    r1.on_trial_complete("e", result(2, 0.08))  # pruned at rung 2: supersedes the rung-1 record
+    r2 = restore("s2.pkl")  # killed again before the next snapshot
+    r2.on_trial_complete("e", result(2, 0.08))  # ends as the newest record says: nothing to add
+    _, study = states(tmp_path, spec)
+    current = [t for t in current_records(study) if t.user_attrs.get("ray_trial_id") == "e"]
+    assert len(current) == 1 and max(current[0].intermediate_values) == 2, [t.user_attrs for t in current]
+    r3 = restore("s2.pkl")  # and once more, ending differently: it supersedes the newest record
+    r3.on_trial_result("e", result(2, 0.08))
+    r3.on_trial_complete("e", result(4, 0.3))
+    _, study = states(tmp_path, spec)
+    current = [t for t in current_records(study) if t.user_attrs.get("ray_trial_id") == "e"]
+    assert len(current) == 1 and current[0].state == TrialState.COMPLETE and current[0].value == 0.3
