@@ -102,6 +102,7 @@ class RefDetOptunaSearch(OptunaSearch):
         # the restored searcher is the last snapshot's, and may not know what it told since.
         told = self._ot_study._storage.get_trial(ot_trial._trial_id)
         if told.state.is_finished():
+            told = self._newest_record(trial_id, told)  # a restore may have superseded it already
             if not self._same_outcome(told, outcome, value, int((result or {}).get("training_iteration", 0))):
                 self._supersede(trial_id, told, outcome, value, reason, result)
             self._completed_trials.add(trial_id)
@@ -124,6 +125,13 @@ class RefDetOptunaSearch(OptunaSearch):
             log.warning("telling Optuna %s for trial %s failed (%s); telling FAIL", outcome, trial_id, exc)
             self._ot_study.tell(ot_trial, state=TrialState.FAIL, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+    def _newest_record(self, trial_id: str, told):
+        """The trial's newest record: `told` or the latest record that supersedes it (a trial
+        can be restored more than once; each end is compared with what the journal says last)."""
+        newer = [t for t in self._ot_study.get_trials(deepcopy=False)
+                 if t.number > told.number and t.user_attrs.get("ray_trial_id") == trial_id and "supersedes" in t.user_attrs]
+        return newer[-1] if newer else told
 
     @staticmethod
     def _same_outcome(told, outcome: str, value: float | None, it: int) -> bool:
