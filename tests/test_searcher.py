@@ -210,3 +210,39 @@ def test_a_trial_restored_twice_keeps_one_current_record(tmp_path):
     _, study = states(tmp_path, spec)
     current = [t for t in current_records(study) if t.user_attrs.get("ray_trial_id") == "e"]
     assert len(current) == 1 and current[0].state == TrialState.COMPLETE and current[0].value == 0.3
+
+
+RAY_KILL = """Failure # 1 (occurred at 2026-12-03_09-00-00)
+ray.exceptions.OutOfMemoryError: 2 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 10.0.0.1, ID: 92ed) was 110.69GB / 124.35GB (0.890161)
+OOM kill reason: user cgroup memory upper bound was met or exceeded
+Ray killed 2 worker(s) based on the killing policy
+Considered workers: [
+Selected to kill: (Task: job ID=01000000, lease ID=06, task name=ImplicitFunc.train, required resources={CPU: 1}, pid={first}, actual memory used=0.67GB, worker ID=3e3d)
+Selected to kill: (Task: job ID=01000000, lease ID=04, task name=ImplicitFunc.train, required resources={CPU: 1}, pid={second}, actual memory used=21.64GB, worker ID=0e56)
+(Task: job ID=01000000, lease ID=05, task name=ImplicitFunc.train, required resources={CPU: 1}, pid=3310151, actual memory used=21.95GB, worker ID=3424)
+"""
+
+
+def test_a_ray_memory_monitor_kill_is_judged_by_this_trials_worker(tmp_path):
+    """Ray (2.56+) kills several workers at once and gives each the same message, listing every
+    worker it considered with its memory: the trial's own figure is the one with its worker's
+    pid, not the first in the list (format as in Ray's memory-monitor documentation)."""
+    from refdet.config import TrainConfig
+    from tune.trainable import ray_oom_kill
+
+    cfg = TrainConfig.preset("smoke").with_overrides({"host_share": 0.5, "health.mem_budget_gb": 4.0})
+    small, big = tmp_path / "small", tmp_path / "big"
+    for d, ours in ((small, 3310152), (big, 3310153)):
+        d.mkdir()
+        (d / "error.txt").write_text(RAY_KILL.replace("{first}", "3310152").replace("{second}", "3310153"))
+        # each attempt notes its worker's pid in the trial folder when it starts: the killed one, this retry
+        (d / "worker_pids.txt").write_text(f"{ours}\n12345\n")
+    assert ray_oom_kill(small, cfg) is None  # 0.67 GB of a 4 GB share: the neighbours' doing, trains on
+    v = ray_oom_kill(big, cfg)
+    assert v.stop_reason == "oom" and v.values["used"].startswith("21.64 GB")
+    alone = cfg.with_overrides({"host_share": 1.0})
+    assert ray_oom_kill(small, alone).stop_reason == "oom"  # a trial alone on its node: every kill is its own
+    unknown = tmp_path / "unknown"  # no record of the killed worker: its size is unknown, retried when shared
+    unknown.mkdir()
+    (unknown / "error.txt").write_text(RAY_KILL.replace("{first}", "1").replace("{second}", "2"))
+    assert ray_oom_kill(unknown, cfg) is None
