@@ -105,6 +105,7 @@ def run_trial(cfg: TrainConfig, metric: str, penalty: float) -> None:
     worker is judged the same way from the trial's error file. TensorBoard is written by the
     driver's TrialTensorBoard callback from these reports."""
     trial_dir = Path(tune.get_context().get_trial_dir())
+    record_worker(trial_dir)  # so that a retry after a Ray memory-monitor kill finds this worker's figure
     killed = ray_oom_kill(trial_dir, cfg)
     if killed is not None:
         tune.report(fatal_report(killed, metric, penalty))
@@ -190,10 +191,33 @@ def storage_trial_dir() -> Path | None:
         return None
 
 
-# Ray's memory monitor: "Task was killed due to the node running low on memory. ... where the
-# task (..., pid=N, memory used=1.25GB) was running ..." (the usage is missing in some versions)
+# Ray's memory monitor: "Task was killed due to the node running low on memory. ... (..., pid=N,
+# memory used=1.25GB)" before Ray 2.55; since, "K worker(s) were killed due to the node running
+# low on memory. ... Considered workers: [Selected to kill: (..., pid=N, actual memory used=1.25GB,
+# ...) ...]": one message for every worker killed, listing every worker considered.
 RAY_OOM_KILL = re.compile(r"killed due to the node running (low on|out of) memory")
-RAY_OOM_USED = re.compile(r"memory used=([\d.]+)GB")
+RAY_OOM_WORKER = re.compile(r"pid=(\d+), (?:actual )?memory used=([\d.]+)GB")
+WORKER_PIDS = "worker_pids.txt"  # in the trial folder: the pid of each attempt's worker
+
+
+def record_worker(trial_dir: Path, pid: int | None = None) -> None:
+    """Note this attempt's worker pid in the trial folder (best effort)."""
+    try:
+        with open(trial_dir / WORKER_PIDS, "a") as fh:
+            fh.write(f"{pid or os.getpid()}\n")
+    except OSError:
+        pass
+
+
+def _read(folders, name: str) -> str:
+    text = ""
+    for folder in folders:
+        try:
+            if folder is not None and (folder / name).is_file():
+                text += (folder / name).read_text(errors="replace")
+        except OSError:
+            pass
+    return text
 
 
 def ray_oom_kill(trial_dir: Path, cfg: TrainConfig):
@@ -203,19 +227,16 @@ def ray_oom_kill(trial_dir: Path, cfg: TrainConfig):
     within its share, or of unknown size, was the neighbours' doing and the trial trains on.
     Without shared storage the driver's error file is not visible on a worker node; such a
     trial is retried and told FAIL at the end."""
-    text = ""
-    for folder in (trial_dir, storage_trial_dir()):
-        err = folder / "error.txt" if folder is not None else None
-        try:
-            if err is not None and err.is_file():
-                text += err.read_text(errors="replace")
-        except OSError:
-            pass
+    folders = (trial_dir, storage_trial_dir())
+    text = _read(folders, "error.txt")
     kills = list(RAY_OOM_KILL.finditer(text))
     if not kills:
         return None
-    used = RAY_OOM_USED.search(text, kills[-1].end())  # the newest kill's
-    judged = uses_its_share(float(used.group(1)), memory_share(cfg), "host") if used else None
+    # The newest kill's figure for one of this trial's workers (the message lists others too)
+    pids = set(_read(folders, WORKER_PIDS).split())
+    used = next((float(m.group(2)) for m in RAY_OOM_WORKER.finditer(text, kills[-1].end()) if m.group(1) in pids),
+                None)
+    judged = uses_its_share(used, memory_share(cfg), "host") if used is not None else None
     if judged is None and cfg.host_share < 1.0:
         return None
     return Verdict("ray_oom_kill", "oom", 0, {"error": "Ray's memory monitor killed the trial's worker (error.txt)",
