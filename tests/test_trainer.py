@@ -327,3 +327,25 @@ def test_cuda_budget_is_the_trials_share_of_the_device(tiny_dataset, tmp_path):
     whole = build_trial_config(spec.__class__(**{**spec.__dict__, "gpu": 2.0}), dict(spec.initial_points[0]))
     assert cuda_budget_gb(whole, 80.0) == pytest.approx(72.0)  # a trial with whole GPUs: 0.9 of one device
     assert cuda_budget_gb(cfg, 0.0) == 0.0  # no CUDA device: no CUDA check
+
+
+def test_an_oom_is_judged_on_the_memory_that_ran_out():
+    """A CUDA allocation failure that torch raises as a plain CUDA error ("CUDA error: out of
+    memory", torch.AcceleratorError, e.g. from a library's own allocation) is judged against
+    the trial's share of the GPU, not of the host; sizes beyond TiB (numpy's PiB) and the
+    allocator's "Requested size" wordings are read, not taken for 0."""
+    from refdet.engine.device import GB, MemoryShare, judge_oom, requested_gb
+
+    cuda = torch.device("cuda:0")  # only named: a run with the GPU to itself reads no device figure
+    err = getattr(torch, "AcceleratorError", RuntimeError)("CUDA error: out of memory\nCUDA kernel errors might be "
+                                                           "asynchronously reported at some other API call")
+    v = judge_oom(err, 4, cuda, MemoryShare(device_share=1.0, host_share=0.25))  # its own GPU, a shared host
+    assert v.stop_reason == "oom" and "CUDA device" in v.values["used"]
+    numpy_oom = MemoryError("Unable to allocate 8.00 PiB for an array with shape (1125899906842624,) and data type f8")
+    assert requested_gb(numpy_oom) == 8 * 2**50 / GB
+    assert judge_oom(numpy_oom, 4, torch.device("cpu"), MemoryShare(host_share=0.5)).stop_reason == "oom"
+    for msg in ("CUDA out of memory. Allocation was preemptively rejected because it would exceed "
+                "per_process_memory_fraction limit. Requested size: 30.00 GiB",
+                "Allocation on device 0 would exceed allowed memory. (out of memory)\nCurrently allocated     : "
+                "1.00 GiB\nRequested               : 30.00 GiB"):
+        assert requested_gb(RuntimeError(msg)) == 30 * 2**30 / GB, msg
