@@ -21,10 +21,12 @@ CPU_OOM_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory
 # A DataLoader worker SIGKILLed (in practice the kernel's OOM killer), as torch's SIGCHLD handler
 # says it (the trainer says it so too where that handler cannot run: Trainer.batches).
 LOADER_KILLED = re.compile(r"DataLoader worker \(pid.*killed by signal: Killed", re.S)
-# The size a failed allocation asked for, as torch (CUDA: "Tried to allocate 2.00 GiB"; CPU:
-# "you tried to allocate 123 bytes") and numpy ("Unable to allocate 1.5 GiB") say it.
-REQUEST = re.compile(r"(?i)allocate ([\d.]+) ?(bytes|[KMGT]i?B)")
-UNITS = {"bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+# The size a failed allocation asked for, as torch (CUDA: "Tried to allocate 2.00 GiB", or with
+# throw_on_cudamalloc_oom "Requested size: 2.00 GiB", cudaMallocAsync "Requested   : 2.00 GiB";
+# CPU: "you tried to allocate 123 bytes") and numpy ("Unable to allocate 1.5 PiB") say it.
+REQUEST = re.compile(r"(?i)(?:allocate|requested(?: size)?\s*:)\s*([\d.]+) ?(bytes|[KMGTPE]i?B)")
+UNITS = {"bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "pb": 1e15, "eb": 1e18, "kib": 2**10,
+         "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50, "eib": 2**60}
 AT_SHARE = 0.95  # a run using this much of its share when memory ran out used its share
 
 
@@ -76,8 +78,11 @@ def judge_oom(exc: BaseException, step: int, device: torch.device, share: Memory
     held plus what it asked for; or it had the device/node to itself); raises
     MemoryPushedOver when it ran out within its share -- a neighbour's doing, not the
     configuration's. Call before freeing memory: it reads what the run holds."""
-    if isinstance(exc, torch.OutOfMemoryError) and device.type == "cuda":
-        where, held = f"CUDA device {device}", torch.cuda.memory_reserved(device) / GB
+    # torch raises most CUDA OOMs as OutOfMemoryError, some (a library's own cudaMalloc) as a
+    # plain "CUDA error: out of memory": both ran out on the device, not on the host.
+    if device.type == "cuda" and (isinstance(exc, torch.OutOfMemoryError) or "CUDA" in str(exc)):
+        where = f"CUDA device {device}"
+        held = torch.cuda.memory_reserved(device) / GB if torch.cuda.is_available() else 0.0
     else:
         where, held = "host", run_rss_gb()
     need = held + requested_gb(exc)
@@ -97,7 +102,8 @@ def uses_its_share(need_gb: float, share: MemoryShare, where: str, device: torch
         limit = min(share.host_budget_gb, fraction * host_total_gb())
     else:
         fraction = share.device_share
-        limit = fraction * torch.cuda.get_device_properties(device).total_memory / GB
+        total = torch.cuda.get_device_properties(device).total_memory / GB if torch.cuda.is_available() else math.inf
+        limit = fraction * total
     if fraction >= 1.0 or need_gb >= AT_SHARE * limit:
         return f"{need_gb:.2f} GB of its {limit:.2f} GB share of the {where}"
     return None
