@@ -86,3 +86,16 @@ def test_a_config_with_a_health_stopped_seed_is_exported_only_if_every_one_has(t
     text = (exp / "best_config.yaml").read_text()
     assert "WARNING: 1 of 2 new seeds were stopped by a health rule (nonfinite)" in text
     assert "WARNING" in report.console_summary()
+
+
+def test_a_config_whose_every_rerun_raised_is_not_exported_as_merely_unmeasured(tmp_path, tiny_dataset):
+    """The confirmation ran and every re-run of every config raised: no mean exists. The export
+    must not read like a search that was never confirmed ("--confirm-top K measures it"); it
+    says that its re-runs all raised."""
+    exp, spec = experiment(tmp_path, tiny_dataset)
+    raised = {**entry("aaaaa", [0.0]), "values": [], "mean": float("nan"), "failed": 2}
+    confirm(exp, [raised, {**raised, "source_trial": "bbbbb"}])
+    report = write_report(exp, plots=False)
+    text = (exp / "best_config.yaml").read_text() if report.exportable else ""
+    assert "2 re-runs" in report.expected_rerun() and "raised" in report.expected_rerun(), report.expected_rerun()
+    assert not text or "raised" in text
