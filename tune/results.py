@@ -270,6 +270,10 @@ class Report:
                     f"trained cleanly on every seed" if stops else "")
             return (f"expected on a re-run: {conf['mean']:.4f} (mean of {len(conf['values'])} new seeds, std "
                     f"{conf['std']:.4f}; the search measured {best.best:.4f}{warn})")
+        raised = next((c for c in self.confirm if best and c["source_trial"] == best.trial_id), None)
+        if raised is not None:  # confirmed, and every re-run of it raised (counted in `failed`)
+            return (f"expected on a re-run: not measured -- all {raised.get('failed', 0)} re-runs of this config "
+                    f"raised (see confirm/); {best.best:.4f} is one seed, the best of {len(self.rows)} trials")
         return (f"expected on a re-run: not measured -- {best.best:.4f} is one seed, the best of {len(self.rows)} "
                 f"trials, so a re-run most likely scores lower; --confirm-top K --seeds S measures it")
 
