@@ -115,7 +115,8 @@ class HealthConfig:
     enabled: bool = True
     patience: int = 3  # consecutive steps a rule must hold before it is fatal
     # pre-clip norm per unit of loss weight (norm / sum of the loss weights: at most the largest
-    # unweighted term's gradient norm, so no searched weight moves it); the checklist's
+    # unweighted term's gradient norm, so no searched weight pushes a run whose every term is
+    # within the limit over it; a term beyond it counts by its weight's share); the checklist's
     # ">10,000 explosion" on a raw norm whose weights sum to ~10
     grad_norm_max: float = 1e3
     grad_growth_factor: float = 20.0  # pre-clip norm vs its own running median (healthy runs here: < 3x for 3 steps)
