@@ -24,7 +24,9 @@ HEALTH = set(STOP_REASONS) - {"ok"}  # every reason a health rule can give
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from tune.session import THREAD_TIMEOUT
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": THREAD_TIMEOUT})
     yield ray
     ray.shutdown()
 

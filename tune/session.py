@@ -14,6 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Seconds a reused actor waits for the previous trial's thread to end (Ray's default: 2). A
+# trial stopped by ASHA ends its thread after Trainer.close() (gc, freeing memory), which on a
+# loaded machine takes longer; then Ray 2.60 marks the next trial ERROR without telling the
+# searcher (TuneController._on_trial_reset), whose concurrency slot is never freed: with
+# max_concurrent 1 the search waits for ever, and --resume (errored trials stay failed) too.
+THREAD_TIMEOUT = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "300")}
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -26,7 +32,8 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="WARNING",
+                  runtime_env={"env_vars": THREAD_TIMEOUT})  # read in the trial actors
     if address:
         ray.init(address=address, **kwargs)
     else:
