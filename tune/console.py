@@ -165,14 +165,20 @@ def library_output(path: Path | None):
             term_err.write("".join(log.pending))
 
 
+LIBRARY_LOGGERS = ("ray", "optuna")  # their stream handlers print wherever they were made
+
+
 def _route_handlers(terminal_ids: set[int], log) -> list:
+    """Point the stream handlers of the libraries' loggers, and any handler writing to the
+    terminal, at the log; returns (handler, old stream) to undo it."""
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
                                        if isinstance(lg, logging.Logger)]
     moved = []
     for lg in loggers:
+        library = lg.name.split(".")[0] in LIBRARY_LOGGERS
         for h in lg.handlers:
             if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                    and id(h.stream) in terminal_ids):
+                    and (library or id(h.stream) in terminal_ids)):
                 moved.append((h, h.setStream(log)))
     return moved
 
