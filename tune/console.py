@@ -173,14 +173,15 @@ def _route_handlers(terminal_ids: set[int], log) -> list:
     terminal, at the log; returns (handler, old stream) to undo it."""
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
                                        if isinstance(lg, logging.Logger)]
-    moved = []
+    moved: dict[int, tuple] = {}  # one handler can serve several loggers: moved once
     for lg in loggers:
         library = lg.name.split(".")[0] in LIBRARY_LOGGERS
         for h in lg.handlers:
-            if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                    and (library or id(h.stream) in terminal_ids)):
-                moved.append((h, h.setStream(log)))
-    return moved
+            if (id(h) not in moved and isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                    and h.stream is not log and (library or id(h.stream) in terminal_ids)):
+                moved[id(h)] = (h, h.stream)
+                h.setStream(log)
+    return list(moved.values())
 
 
 # -- the trials' events -> one line each, and the progress bar -------------------------------
