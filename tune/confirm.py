@@ -65,7 +65,7 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
                              "seed": tune.grid_search(plan["seeds"])},
                 tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
-                run_config=run_config("confirm", str(exp), keep=1,
+                run_config=run_config("confirm", str(exp),
                                       callbacks=[TrialTensorBoard(["candidate", "seed"], max_t=spec.max_t)],
                                       console=confirm_console(spec, plan["trials"], seeds, folder)),
             )

@@ -212,11 +212,12 @@ class SearchConsole(Callback):
         self._best: dict[str, tuple[float, int]] = {}  # trial -> (best value, its epoch), healthy
         self._counts = {"done": 0, "running": 0, "total": 0, "epoch": 0}
         self._ended: set[str] = set()  # trials this console saw end (Tune marks them a moment later)
+        self._names: dict[str, str] = {}  # trial -> how the best-so-far names it
         self._t0 = self._last_draw = 0.0
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_bar=None, _best={}, _counts={}, _ended=set())
+        state.update(_bar=None, _best={}, _counts={}, _ended=set(), _names={})
         return state
 
     def __setstate__(self, state):
@@ -255,6 +256,7 @@ class SearchConsole(Callback):
         if result.get("health/fatal"):
             self._best.pop(trial.trial_id, None)  # a health-stopped trial is no result
         elif fresh and _finite(value):
+            self._names.setdefault(trial.trial_id, self._label(trial).removeprefix(self.what).strip())
             old = self._best.get(trial.trial_id)
             if old is None or self.sign * value > self.sign * old[0]:
                 self._best[trial.trial_id] = (float(value), epoch)
@@ -362,7 +364,7 @@ class SearchConsole(Callback):
         if self._best:
             tid, (value, _) = max(self._best.items(), key=lambda kv: self.sign * kv[1][0])
             tied = sum(v == value for v, _ in self._best.values())
-            who = f"{tied} tied" if tied > 1 else (tid if not self.per_epoch else "")
+            who = f"{tied} tied" if tied > 1 else self._names.get(tid, tid)
             parts.append(f"best {self.metric} {value:.4f}" + (f" ({who})" if who else ""))
         return ", " + ", ".join(parts) if parts else ""
 
