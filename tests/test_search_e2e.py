@@ -139,7 +139,8 @@ def test_console_says_what_happened_to_each_trial(search):
             assert f"stopped by ASHA at epoch {max(t.intermediate_values)}: train/loss " in ends[0]
             assert "the rung's cutoff" in ends[0]
         elif t.state == TrialState.COMPLETE and t.constraints["health"] > 0:
-            assert "stopped by health rule " in ends[0] and f"[{t.user_attrs['stop_reason']}] at step " in ends[0]
+            reason = t.user_attrs["stop_reason"]
+            assert re.search(rf"stopped by health rule (\w+ \({reason}\)|{reason}) at step \d+: ", ends[0]), ends[0]
         elif t.state == TrialState.COMPLETE:
             assert f"completed 3 epochs: train/loss {t.value:.4f}" in ends[0]
         else:

@@ -311,8 +311,9 @@ class SearchConsole(Callback):
             return f"{label} stopped by ASHA at epoch {epoch}: " + self._asha_reason(trial.trial_id, result)
         if outcome == "infeasible":
             values = str(result.get("health/verdict", "")).split(": ", 1)[-1]
-            return (f"{label} stopped by health rule {result.get('health/rule', '?')} "
-                    f"[{result.get('health/stop_reason', '?')}] at step {int(result.get('health/step') or 0)}: {values}")
+            rule, reason = result.get("health/rule", "?"), result.get("health/stop_reason", "?")
+            return (f"{label} stopped by health rule {rule}" + (f" ({reason})" if reason != rule else "")
+                    + f" at step {int(result.get('health/step') or 0)}: {values}")
         if outcome == "fail":
             return f"{label} ended at epoch {epoch} without a finite {m}: told FAIL"
         return None  # unfinished: interrupted, not an outcome (a resume continues it)
@@ -366,7 +367,7 @@ class SearchConsole(Callback):
             tied = sum(v == value for v, _ in self._best.values())
             who = f"{tied} tied" if tied > 1 else self._names.get(tid, tid)
             parts.append(f"best {self.metric} {value:.4f}" + (f" ({who})" if who else ""))
-        return ", " + ", ".join(parts) if parts else ""
+        return ", ".join(parts)  # tqdm puts the ", " before it
 
     def _progress(self) -> str:
         """The bar's counts as text, for a log file: `3/8 01:43<02:10, best ...`."""
@@ -375,7 +376,8 @@ class SearchConsole(Callback):
         elapsed = time.time() - self._t0
         left = elapsed / n * (c["total"] - n) if n and c["total"] >= n else None
         fmt = tqdm.format_interval
-        return f"{n}/{c['total']} {fmt(elapsed)}<{fmt(left) if left is not None else '?'}{self._postfix()}"
+        post = self._postfix()
+        return f"{n}/{c['total']} {fmt(elapsed)}<{fmt(left) if left is not None else '?'}" + (f", {post}" if post else "")
 
 
 def _finite(v) -> bool:
