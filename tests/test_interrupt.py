@@ -114,7 +114,9 @@ def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_data
     with open(exp / "leaderboard.csv") as fh:
         board = list(csv.DictReader(fh))
     assert len(board) == SAMPLES and "running" not in {r["stop_reason"] for r in board}
-    assert (exp / "best_config.yaml").is_file()
+    # finished: a config is exported, or -- trials tied exactly, nothing separating them -- the
+    # summary says why none is (tune/ranking.py)
+    assert (exp / "best_config.yaml").is_file() or "**No best config**" in (exp / "summary.md").read_text()
     records = newest_records(exp)
     assert len(records) == SAMPLES and not [t for t in records.values() if t.state == TrialState.RUNNING]
     check_told_states(exp)

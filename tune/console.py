@@ -64,13 +64,7 @@ def short_name(key: str) -> str:
 
 
 def fmt_params(params: dict) -> str:
-    return ", ".join(f"{short_name(k)} {_fmt(v)}" for k, v in params.items())
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float) and v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
-        return f"{v:.3g}"
-    return fmt_number(v)
+    return ", ".join(f"{short_name(k)} {fmt_number(v)}" for k, v in params.items())
 
 
 def trial_dirname(trial) -> str:
@@ -85,11 +79,13 @@ def trial_dirname(trial) -> str:
 # -- the libraries' output -> driver.log ---------------------------------------------------
 
 class _DriverLog(io.TextIOBase):
-    """sys.stdout/sys.stderr while the libraries run: appends to driver.log (buffered in memory
+    """sys.stdout/sys.stderr while the libraries run: appends to driver.log (held in memory
     until the log's folder exists, so a refused search writes nothing), and with --verbose
-    to the terminal too. Thread-safe: Ray forwards the trials' output from its own thread."""
+    to the terminal too. Thread-safe: Ray forwards the trials' output from its own thread.
+    Detached (the routing over), it writes to the terminal: a handler made while routing
+    may still hold it."""
 
-    def __init__(self, path: Path | None, term, verbose: bool):
+    def __init__(self, path: Path, term, verbose: bool):
         self.path, self.term, self.verbose = path, term, verbose
         self.pending: list[str] = []
         self.file = None
@@ -100,17 +96,16 @@ class _DriverLog(io.TextIOBase):
         with self.lock:
             if self.file is not None:
                 self.file.close()
-            self.term, self.detached = term, True
+            self.term, self.file, self.detached = term, None, True
 
     def write(self, text: str) -> int:
         with self.lock:
-            if self.detached:  # a handler made while routing, used after it: the terminal
+            if self.verbose or self.detached:
                 self.term.write(text)
+            if self.detached:
                 return len(text)
-            if self.verbose:
-                self.term.write(text)
-            if self.file is None and self.path is not None and self.path.parent.is_dir():
-                self.file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in close())
+            if self.file is None and self.path.parent.is_dir():
+                self.file = open(self.path, "a", buffering=1, encoding="utf-8")
                 self.file.write("".join(self.pending))
                 self.pending.clear()
             (self.file.write(text) if self.file is not None else self.pending.append(text))
@@ -118,7 +113,7 @@ class _DriverLog(io.TextIOBase):
 
     def flush(self) -> None:
         with self.lock:
-            for s in (self.file, self.term if self.verbose else None):
+            for s in (self.file, self.term if self.verbose or self.detached else None):
                 if s is not None:
                     s.flush()
 
@@ -215,10 +210,8 @@ class SearchConsole(Callback):
         self._names: dict[str, str] = {}  # trial -> how the best-so-far names it
         self._t0 = self._last_draw = 0.0
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.update(_bar=None, _best={}, _counts={}, _ended=set(), _names={})
-        return state
+    def __getstate__(self):  # the arguments only: the rest is one run's
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -425,7 +418,7 @@ def search_console(spec, exp: Path | None, searcher, scheduler) -> SearchConsole
     """The console of a search: its header says what runs and where the results go."""
     where = _rel(exp) if exp is not None else f"<storage>/{spec.name}"
     ties = f", exact ties at a rung by {spec.tie_break}" if spec.tie_break else ""
-    header = [f"search {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, at most {spec.max_t} "
+    header = [f"searching {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, at most {spec.max_t} "
               f"epochs each; {spec.metric} ({spec.mode}); ASHA grace {spec.grace_period}, reduction "
               f"{spec.reduction_factor}{ties}",
               "  " + "; ".join(f"{short_name(k)} {p.describe()}" for k, p in spec.params.items()),

@@ -376,7 +376,7 @@ def summary_md(report: Report) -> str:
                   f"(best over its epochs), " + ", ".join(f"`{k}`={fmt_number(v)}" for k, v in report.best.params.items()),
                   "", *report.tie_note(), report.expected_rerun(), ""]
     elif report.choice.unresolved:
-        lines += ["**No best config**: " + ". ".join(explain(report.choice, spec)).removeprefix("no best config: ")
+        lines += ["**No best config**: " + "; ".join(explain(report.choice, spec)).removeprefix("no best config: ")
                   + ".", ""]
     lines += ["## Totals", "", "| stop reason | trials |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report.counts().items())]
