@@ -207,9 +207,10 @@ def test_ctrl_c_in_the_last_wave_and_while_confirming_is_never_a_finished_search
     ones; the verdict comes from what the searcher told, so nothing is exported. 2. Ctrl-C
     while confirming: no confirm.json of half-run seeds. 3. --resume continues the confirmation."""
     # Three epochs of 16 steps: the Ctrl-C, sent once epoch 1 is reported, lands while two
-    # epochs are left (seconds), whatever the machine's speed.
+    # epochs are left (seconds), whatever the machine's speed. train/loss: it separates the two
+    # trials (at this budget both score ST-IoU and AP50 0.0, a tie that skips the confirmation).
     space = write_space(tmp_path, tiny_dataset, "intr", num_samples=2, max_t=3, steps=16, initial_lr=2e-3,
-                        lr_high=1e-2)
+                        lr_high=1e-2, metric="train/loss", mode="min")
     raw = yaml.safe_load(space.read_text())
     raw["search"].update(confirm_top=1, confirm_seeds=2)
     space.write_text(yaml.safe_dump(raw, sort_keys=False))
