@@ -116,7 +116,9 @@ def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_data
     with open(exp / "leaderboard.csv") as fh:
         board = list(csv.DictReader(fh))
     assert len(board) == SAMPLES and "running" not in {r["stop_reason"] for r in board}
-    assert (exp / "best_config.yaml").is_file()
+    # finished: a config is exported, or -- trials tied exactly, nothing separating them -- the
+    # summary says why none is (tune/ranking.py)
+    assert (exp / "best_config.yaml").is_file() or "**No best config**" in (exp / "summary.md").read_text()
     records = newest_records(exp)
     assert len(records) == SAMPLES and not [t for t in records.values() if t.state == TrialState.RUNNING]
     check_told_states(exp)
@@ -207,9 +209,10 @@ def test_ctrl_c_in_the_last_wave_and_while_confirming_is_never_a_finished_search
     ones; the verdict comes from what the searcher told, so nothing is exported. 2. Ctrl-C
     while confirming: no confirm.json of half-run seeds. 3. --resume continues the confirmation."""
     # Three epochs of 16 steps: the Ctrl-C, sent once epoch 1 is reported, lands while two
-    # epochs are left (seconds), whatever the machine's speed.
+    # epochs are left (seconds), whatever the machine's speed. train/loss: it separates the two
+    # trials (at this budget both score ST-IoU and AP50 0.0, a tie that skips the confirmation).
     space = write_space(tmp_path, tiny_dataset, "intr", num_samples=2, max_t=3, steps=16, initial_lr=2e-3,
-                        lr_high=1e-2)
+                        lr_high=1e-2, metric="train/loss", mode="min")
     raw = yaml.safe_load(space.read_text())
     raw["search"].update(confirm_top=1, confirm_seeds=2)
     space.write_text(yaml.safe_dump(raw, sort_keys=False))

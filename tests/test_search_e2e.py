@@ -2,6 +2,8 @@
 some trials really explode; the report; the final run both ways."""
 
 import csv
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +35,6 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def search(ray_local, tiny_dataset, tmp_path_factory):
-    from tune.run import main
-
     tmp = tmp_path_factory.mktemp("search")
     # Decisions that cannot depend on timing or on one machine's floating-point path: one trial
     # at a time (ASHA compares a trial with those that reached the rung before it), and
@@ -45,7 +45,12 @@ def search(ray_local, tiny_dataset, tmp_path_factory):
     space = write_space(tmp, tiny_dataset, "e2e", num_samples=6, metric="train/loss", mode="min", steps=6,
                         initial_lr=20.0, lr_high=30.0, max_concurrent=1,
                         points=[{"optim.lr": 2e-3, "loss.dfl_weight": 0.25}, {"optim.lr": 2e-3, "loss.dfl_weight": 2.0}])
-    rc = main(["--space", str(space), "--storage", str(tmp / "results"), "--report-every", "5"])
+    # As a user runs it, its console into a file (not a terminal: a CI log, `> file`); its own
+    # Ray, which it starts and stops (the module's Ray waits for the tests after it).
+    with open(tmp / "console.txt", "w") as console:
+        rc = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", str(space), "--storage",
+                             str(tmp / "results"), "--report-every", "5"], stdout=console, stderr=subprocess.STDOUT,
+                            cwd=tmp, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode
     return rc, tmp / "results" / "e2e", space
 
 
@@ -116,6 +121,39 @@ def test_journal_states_match_what_happened(search):
     assert first.params["optim.lr"] == 20.0  # the initial point is enqueued first
 
 
+def test_console_says_what_happened_to_each_trial(search):
+    """One line per event, each agreeing with what the journal was told; the libraries' output
+    in driver.log, not on the console."""
+    rc, exp, _ = search
+    text = (exp.parent.parent / "console.txt").read_text()
+    lines = text.splitlines()
+    assert "\r" not in text and "== Status ==" not in text and "Checkpoint successfully created" not in text
+    assert "Warning" not in text and "WARNING" not in text, text
+    assert lines[0].startswith("searching e2e: 6 trials, 1 at a time, at most 3 epochs each; train/loss (min)")
+    assert lines[2].endswith("driver.log")
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in journal(exp).get_trials()}  # the newest record of each
+    for tid, t in by_id.items():
+        mine = [ln for ln in lines if ln.startswith(f"trial {tid} ")]
+        assert sum(" started: clip " in ln for ln in mine) == 1, mine
+        ends = [ln for ln in mine if not any(w in ln for w in (" started: ", " resumed at epoch ", "; retrying from"))]
+        assert len(ends) == 1, mine
+        if t.state == TrialState.PRUNED:
+            assert f"stopped by ASHA at epoch {max(t.intermediate_values)}: train/loss " in ends[0]
+            assert "the rung's cutoff" in ends[0]
+        elif t.state == TrialState.COMPLETE and t.constraints["health"] > 0:
+            reason = t.user_attrs["stop_reason"]
+            assert re.search(rf"stopped by health rule (\w+ \({reason}\)|{reason}) at step \d+: ", ends[0]), ends[0]
+        elif t.state == TrialState.COMPLETE:
+            assert f"completed 3 epochs: train/loss {t.value:.4f}" in ends[0]
+        else:
+            assert " errored after " in ends[0]
+        assert re.search(r"\[\d/6 \d\d:\d\d<", ends[0])  # the progress, on a stream that is no terminal
+    assert len(lines) <= 3 + 2 * 6 + 10, text  # header, a start and an end per trial, the summary
+    log = (exp / "driver.log").read_text()
+    assert "== Status ==" in log and "Checkpoint successfully created" in log
+    assert all(re.fullmatch(r"[0-9a-f]{8}_[1-6]", p.parent.name) for p in exp.glob("*/params.json"))
+
+
 def test_tensorboard_one_run_per_trial_with_hparams(search):
     import json
 
@@ -146,6 +184,16 @@ def test_tensorboard_one_run_per_trial_with_hparams(search):
             assert key.encode() in start
         row = rows[json.loads((d / "result.json").read_text().splitlines()[-1])["trial_id"]]
         assert row["stop_reason"].encode() in start  # the HParams column says why the trial ended
+        assert d.name.startswith(row["trial_id"] + "_")  # the run's name: the leaderboard's id and its number
+        # the columns TensorBoard's HParams table shows without a click: its backend's sort (differs,
+        # then name), then the page's (differs, stable), first five (tune/tb.py TB_DEFAULT_COLUMNS)
+        from tensorboard.plugins.hparams import metadata
+        from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+
+        experiment = metadata.parse_experiment_plugin_data(content["_hparams_/experiment"])
+        _sort_and_reduce_to_hparams_limit(experiment)
+        shown = sorted(experiment.hparam_infos, key=lambda h: not h.differs)[:5]
+        assert {"stop_reason", "stop_step"} <= {h.name for h in shown}
         if row["stop_reason"] in HEALTH:
             # every step of the stretch the rule looked at is in TensorBoard
             steps = [e.step for e in acc.Scalars("step/loss")]

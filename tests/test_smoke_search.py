@@ -26,8 +26,14 @@ def test_smoke_search_runs_from_a_fresh_folder(tmp_path):
     assert len(rows) == 2
     # the original recommendation ran first
     assert any(float(row["optim.lr"]) == 1e-4 and float(row["optim.gradient_clip_norm"]) == 10.0 for row in rows)
-    assert "best trial" in r.stdout and (exp / "best_config.yaml").is_file()
-    assert "| Trial name" in r.stdout  # the live table
+    # two short trials may tie exactly (ST-IoU and AP50 both 0.0 at 20 steps an epoch): then no
+    # config is exported and the console says why; either way the console and the folder agree
+    exported = (exp / "best_config.yaml").is_file()
+    best_line = any(line.startswith("best trial ") for line in r.stdout.splitlines())
+    assert best_line == exported and ("no best config" in r.stdout) != exported, r.stdout
+    # the console shows the search; Ray's own status table goes to driver.log
+    assert "trial " in r.stdout and " started: clip 10, dfl 0.75, warmup 3, lr 0.0001" in r.stdout
+    assert "| Trial name" not in r.stdout and "| Trial name" in (exp / "driver.log").read_text()
     assert "steps_per_epoch: 20" in (exp / "space.yaml").read_text()  # what --resume will continue with
 
 

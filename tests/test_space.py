@@ -131,7 +131,12 @@ def test_set_overrides_the_base_in_the_dry_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "epochs 3 x 7 steps" in out and str(tmp_path / "elsewhere") in out
     assert main(["--space", write(tmp_path, GOOD), "--resume", "--set", "steps_per_epoch=7"]) == 2
-    assert "keeps the base it started with" in capsys.readouterr().err
+    assert "no search to resume (no space.yaml)" in capsys.readouterr().err  # nothing to resume here
+    exp = tmp_path / "results" / "t"
+    exp.mkdir(parents=True)
+    (exp / "space.yaml").write_text(GOOD)  # a search started with this space
+    assert main(["--space", write(tmp_path, GOOD), "--resume", "--set", "steps_per_epoch=7"]) == 2
+    assert "keeps the base and resources it started with" in capsys.readouterr().err
 
 
 def test_rungs_must_fall_on_validated_epochs(tmp_path):
@@ -172,3 +177,20 @@ def test_confirmation_and_tie_break_defaults(tmp_path):
     assert train_loss.tie_break is None  # no default secondary for other metrics
     with pytest.raises(SpaceError, match="search.confirm_top"):
         load_space(write(tmp_path, GOOD.replace("max_concurrent: 2,", "max_concurrent: 2, confirm_top: -1,"), name="c.yaml"))
+
+
+def test_dry_run_says_whether_the_dataset_exists(tmp_path, monkeypatch, capsys, tiny_dataset):
+    """The check the search makes before anything is written, said by the dry run (exit 2 where
+    the search would stop)."""
+    from tune.run import main
+
+    monkeypatch.chdir(tmp_path)  # stage2 reads ./datasets/train and ./datasets/val: not here
+    assert main(["--space", "stage2", "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert "first configurations" in captured.out
+    assert f"{tmp_path / 'datasets' / 'train'}: dataset folder not found" in captured.err
+    assert "the search would stop here (exit 2)" in captured.err
+    assert main(["--space", "stage2", "--dry-run", "--set", f"data.root={tiny_dataset}",
+                 "--set", f"data.val_root={tiny_dataset}"]) == 0
+    assert f"data: {tiny_dataset}: 6 videos, valid" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()

@@ -19,6 +19,8 @@ from pathlib import Path
 from ray import tune
 
 from refdet.io import atomic_write_text
+from tune.console import confirm_console, say, trial_dirname
+from tune.ranking import choose, rank_key
 from tune.results import ReportError, collect_trials, read_confirm, read_results, run_value
 from tune.session import ran_to_the_end, ray_session, run_config
 from tune.tb import TrialTensorBoard
@@ -29,9 +31,14 @@ SEED_BASE = 1000  # confirmation seeds: 1000, 1001, ... (searches use small seed
 
 def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None) -> list[dict] | None:
     """The confirmation table (also written to confirm.json), or None if interrupted."""
-    rows = [r for r in collect_trials(exp, spec) if r.best is not None and r.reason in ("completed", "asha")]
-    top = sorted(rows, key=lambda r: -spec.sign * r.best)[:k]
+    every = collect_trials(exp, spec)
+    rows = [r for r in every if r.best is not None and r.reason in ("completed", "asha")]
+    top = sorted(rows, key=rank_key(spec))[:k]
     plan = {"trials": [r.trial_id for r in top], "seeds": [SEED_BASE + i for i in range(seeds)], "max_t": spec.max_t}
+    if choose(every, spec).unresolved:  # re-running K of many equals would choose among them by luck
+        print("confirm: skipped; the best trials tie and nothing separates them (see below)")
+        atomic_write_text(exp / "confirm.json", json.dumps({"plan": plan, "configs": []}, indent=2))
+        return []
     if not top:
         print("confirm: no healthy trial to confirm")
         atomic_write_text(exp / "confirm.json", json.dumps({"plan": plan, "configs": []}, indent=2))
@@ -42,11 +49,11 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
         return done
     candidates = [r.params for r in top]
     folder = exp / "confirm"
-    with ray_session(address):
+    with ray_session(address, log=exp / "driver.log"):
         trainable = tune.with_resources(tune.with_parameters(confirm_trainable, spec=spec, candidates=candidates),
                                         {"cpu": spec.cpu, "gpu": spec.gpu})
         if _read_json(folder / "plan.json") == plan and (folder / "tuner.pkl").is_file():
-            print(f"confirm: continuing the interrupted confirmation in {folder}")
+            say(f"confirm: continuing the interrupted confirmation in {folder}")
             tuner = tune.Tuner.restore(str(folder), trainable)  # a re-run that raised for good stays failed
         else:
             shutil.rmtree(folder, ignore_errors=True)  # another plan's trials: not this confirmation's
@@ -56,9 +63,11 @@ def confirm_top(exp: Path, spec, k: int, seeds: int, address: str | None = None)
                 trainable,
                 param_space={"candidate": tune.grid_search(list(range(len(candidates)))),
                              "seed": tune.grid_search(plan["seeds"])},
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-                run_config=run_config("confirm", str(exp), keep=1,
-                                      callbacks=[TrialTensorBoard(["candidate", "seed"], max_t=spec.max_t)]),
+                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                            trial_dirname_creator=trial_dirname),
+                run_config=run_config("confirm", str(exp),
+                                      callbacks=[TrialTensorBoard(["candidate", "seed"], max_t=spec.max_t)],
+                                      console=confirm_console(spec, plan["trials"], seeds, folder)),
             )
         grid = tuner.fit()
     if len(grid) < len(candidates) * seeds or not all(ran_to_the_end(res, spec.max_t) for res in grid):

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", default=None, help="Ray cluster address (auto, host:port, ray://...)")
     ap.add_argument("--max-failures", type=int, default=3)
     ap.add_argument("--cpus", type=float, default=None, help="CPUs for the trial (default: all of one node, max 8)")
+    ap.add_argument("--verbose", action="store_true", help="Ray's own output on the console too (always in driver.log)")
     args = ap.parse_args(argv)
     exp = Path(args.experiment).resolve()
     try:
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from tune.console import set_verbose
     from tune.session import ran_to_the_end
+
+    set_verbose(args.verbose)
 
     again = " ".join(["python tune/final.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     try:
@@ -69,11 +73,12 @@ def run_final(exp: Path, cfg: TrainConfig, args):
     import ray  # after the argument checks: a user's mistake does not wait for Ray
     from ray import tune
 
+    from tune.console import final_console, say, trial_dirname
     from tune.session import ray_session, run_config
     from tune.tb import TrialTensorBoard
     from tune.trainable import final_trainable
 
-    with ray_session(args.address):
+    with ray_session(args.address, log=exp / "driver.log"):
         res = ray.cluster_resources()
         gpu = 1 if res.get("GPU", 0) >= 1 else 0
         cpu = args.cpus or max(1.0, min(8.0, res.get("CPU", 1)))
@@ -82,12 +87,14 @@ def run_final(exp: Path, cfg: TrainConfig, args):
             tune.with_parameters(final_trainable, cfg_dict=cfg.to_dict()), {"cpu": cpu, "gpu": gpu})
         final_dir = exp / "final"
         if (final_dir / "tuner.pkl").is_file():
-            print(f"continuing the final run in {final_dir}")
+            say(f"continuing the final run in {final_dir}")
             tuner = tune.Tuner.restore(str(final_dir), trainable, resume_errored=True)
         else:
-            tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=1),
+            tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
                                run_config=run_config("final", str(exp), max_failures=args.max_failures,
-                                                     callbacks=[TrialTensorBoard([], max_t=cfg.epochs)]))
+                                                     callbacks=[TrialTensorBoard([], max_t=cfg.epochs)],
+                                                     console=final_console(exp / "best_config.yaml", cfg.epochs,
+                                                                           cpu, gpu, final_dir)))
         return tuner.fit(), cfg.epochs
 
 

@@ -20,6 +20,7 @@ from refdet.data import DatasetError, load_dataset
 from refdet.data.synthetic import ensure_dataset
 from refdet.io import atomic_write_text
 from tune.confirm import confirm_top
+from tune.console import SHORT_NAMES, say, search_console, trial_dirname
 from tune.results import write_report
 from tune.scheduler import build_scheduler
 from tune.searcher import build_searcher
@@ -29,9 +30,7 @@ from tune.tb import TrialTensorBoard
 from tune.trainable import refdet_trainable
 
 EXIT_OK, EXIT_INTERRUPTED = 0, 130
-# Console table headers for the searched parameters (other keys show in full).
-COLUMN_NAMES = {"optim.gradient_clip_norm": "clip", "loss.dfl_weight": "dfl", "optim.warmup_epochs": "warmup",
-                "optim.lr": "lr"}
+COLUMN_NAMES = SHORT_NAMES  # Ray's status table (driver.log) names the searched parameters as the console does
 
 
 class ExperimentError(ValueError):
@@ -76,7 +75,7 @@ def run_search(spec: SearchSpec, opts: SearchOptions) -> int:
     if spec.base.data.synthetic and ensure_dataset(spec.base.data):  # once, here, not raced by the trials
         print(f"generated the synthetic dataset at {spec.base.data.root}")
     check_data(spec, remote=bool(opts.address))  # before anything is written to results/
-    with ray_session(opts.address):
+    with ray_session(opts.address, log=exp_local / "driver.log" if exp_local is not None else None):
         check_schedulable(spec, remote=bool(opts.address))  # before anything is written to results/
         if exp_local is not None:
             exp_local.mkdir(parents=True, exist_ok=True)
@@ -109,14 +108,16 @@ def make_tuner(spec: SearchSpec, opts: SearchOptions, storage: str, exp_local: P
         # again would change the search's top K after the fact (and its confirmation).
         return tune.Tuner.restore(path, trainable, resume_errored=False, restart_errored=False)
     journal = str(exp_local / "optuna.log") if exp_local is not None else None
+    searcher, scheduler = build_searcher(spec, journal), build_scheduler(spec)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=build_searcher(spec, journal), scheduler=build_scheduler(spec),
-                                    num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                                    max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
         run_config=run_config(spec.name, storage, max_failures=opts.max_failures,
-                              callbacks=[TrialTensorBoard(list(spec.params), max_t=spec.max_t)],
-                              reporter=make_reporter(spec, opts.report_every)),
+                              callbacks=[TrialTensorBoard(list(spec.params), max_t=spec.max_t, experiment=True)],
+                              reporter=make_reporter(spec, opts.report_every),
+                              console=search_console(spec, exp_local, searcher, scheduler)),
     )
 
 
@@ -131,8 +132,8 @@ def check_schedulable(spec: SearchSpec, remote: bool) -> None:
                      for n, r in zip(nodes, res)) or "none"
     need = f"a trial needs {spec.cpu:g} CPU and {spec.gpu:g} GPU (resources in {spec.path.name})"
     if remote:  # a cluster may have an autoscaler that adds a node of the right type
-        print(f"warning: no node of this cluster can run a trial now: {need}; nodes: {have}. "
-              "The trials wait until an autoscaler adds such a node (Ctrl-C to stop).", file=sys.stderr)
+        say(f"warning: no node of this cluster can run a trial now: {need}; nodes: {have}. "
+            "The trials wait until an autoscaler adds such a node (Ctrl-C to stop).", err=True)
         return
     cpus = max((r.get("CPU", 0) for r in res), default=0)
     gpus = max((r.get("GPU", 0) for r in res), default=0)

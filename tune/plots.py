@@ -63,26 +63,49 @@ def history_plot(report, path: Path) -> Path:
 
 
 def importance_plot(study, records: list, path: Path) -> Path | None:
-    """Optuna's parameter importances over `records` (needs a few finished trials); None if not
-    computable."""
+    """Optuna's parameter importances (PED-ANOVA, its default) over `records` as a bar chart;
+    None when they are undefined: fewer than 3 finished trials, or the best tenth of them not
+    better than the rest (all tied: Optuna then warns and returns equal importances, which would
+    read as a finding). Drawn here: Optuna's own plot function is experimental and says so on
+    every call."""
     if study is None:
         return None
+    import math
+
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    values = [t.value for t in records if t.state == optuna.trial.TrialState.COMPLETE
+              and t.value is not None and math.isfinite(t.value)]
+    if len(values) < 3 or not _top_quantile_differs(values, study.direction, IMPORTANCE_QUANTILE):
+        return None
+    current = optuna.create_study(directions=study.directions)
+    current.add_trials(records)
+    try:
+        imp = get_param_importances(current, evaluator=PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_QUANTILE))
+    except (ValueError, RuntimeError):  # undefined for some histories (e.g. a parameter never varied)
+        return None
+    names = list(imp)[::-1]  # most important on top
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(names)))
+    ax.barh(names, [imp[n] for n in names], color="tab:blue")
+    ax.set(xlabel="importance (PED-ANOVA, sums to 1)", title=f"parameter importances ({len(values)} finished trials)")
+    _save(fig, path)
+    return path
+
+
+IMPORTANCE_QUANTILE = 0.1  # PED-ANOVA's target quantile (Optuna's default): the best tenth
+
+
+def _top_quantile_differs(values: list[float], direction, quantile: float) -> bool:
+    """Does the best `quantile` of the values leave some trial out? (Optuna's own rule, from
+    PedAnovaImportanceEvaluator: the top set is every value at or better than the cutoff.)"""
+    import math
+
     import optuna
 
-    done = [t for t in records if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(done) < 3:
-        return None
-    try:
-        from optuna.visualization.matplotlib import plot_param_importances
-
-        current = optuna.create_study(directions=study.directions)
-        current.add_trials(records)
-        ax = plot_param_importances(current)
-        _save(ax.figure, path)
-        return path
-    except Exception:  # importances are undefined for some histories (e.g. constant values)
-        plt.close("all")
-        return None
+    loss = sorted(v if direction == optuna.study.StudyDirection.MINIMIZE else -v for v in values)
+    cutoff = loss[int(math.ceil(quantile * len(loss))) - 1]
+    return any(v > cutoff for v in loss)
 
 
 def scatter_plot(report, key: str, path: Path) -> Path:

@@ -12,7 +12,8 @@ the saved space.yaml and the Optuna journal (optuna.log). Writes, atomically:
 
 Best trial: the highest (mode max) best-over-epochs validation value among trials that were
 not health-stopped and did not error (ASHA-pruned trials count: a rung value is a real
-validation result); ties go to the trial that ran more epochs.
+validation result); exact ties are decided by the tie-break signal, or not at all (no
+best_config.yaml): tune/ranking.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refdet.io import atomic_write_text, fmt_number
+from tune.ranking import Choice, choose, explain, tie_value
 from tune.space import SearchSpec, SpaceError, load_space
 
 
@@ -46,6 +48,7 @@ class TrialRow:
     rule: str = ""
     step: float | None = None
     history: list = field(default_factory=list)  # (epoch, metric)
+    tie: float | None = None  # best tie-break value over its healthy epochs (tune/ranking.py)
 
 
 def read_results(path: Path) -> list[dict]:
@@ -120,6 +123,7 @@ def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
         if vals:
             row.best = spec.best_of(vals)
             row.last = vals[-1]
+            row.tie = tie_value(results, spec.tie_break)
         if results and results[-1].get("health/fatal"):
             last = results[-1]
             row.reason = str(last.get("health/stop_reason", "error"))
@@ -181,6 +185,8 @@ def load_study(exp: Path, spec: SearchSpec):
 
 
 def best_row(rows: list[TrialRow], spec: SearchSpec) -> TrialRow | None:
+    """The replay benchmark's incumbent (benchmarks/replay.py): the best value, ties to the
+    longer-run trial. The report itself chooses with tune/ranking.py (ties said, or no export)."""
     ok = [r for r in rows if r.best is not None and r.reason in ("completed", "asha", "running")]
     if not ok:
         return None
@@ -223,6 +229,7 @@ class Report:
     best: TrialRow | None
     confirm: list[dict] = field(default_factory=list)  # from confirm.json (--confirm-top)
     confirm_pending: bool = False  # a confirmation is planned and has not finished
+    choice: Choice = field(default_factory=lambda: Choice(None))  # the search's own pick, ties said
 
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
@@ -277,6 +284,10 @@ class Report:
         return (f"expected on a re-run: not measured -- {best.best:.4f} is one seed, the best of {len(self.rows)} "
                 f"trials, so a re-run most likely scores lower; --confirm-top K --seeds S measures it")
 
+    def tie_note(self) -> list[str]:
+        """How a best among exact ties was chosen (unless the confirmation chose it)."""
+        return explain(self.choice, self.spec) if self.best is self.choice.best else []
+
     def console_summary(self) -> str:
         lines = ["trials by stop reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))]
         if not self.complete or self.confirm_pending:
@@ -284,8 +295,11 @@ class Report:
         elif self.best:
             lines.append(f"best trial {self.best.trial_id}: {self.spec.metric} {self.best.best:.4f} with "
                          + ", ".join(f"{k}={fmt_number(v)}" for k, v in self.best.params.items()))
+            lines += self.tie_note()
             lines.append(self.expected_rerun())
             lines.append(f"best config: {self.exp / 'best_config.yaml'}")
+        elif self.choice.unresolved:
+            lines += explain(self.choice, self.spec)
         else:
             lines.append("no healthy trial produced a validation value; no best_config.yaml written")
         return "\n".join(lines)
@@ -309,8 +323,9 @@ def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = 
     confirm = read_confirm(exp)[1]
     planned = spec.confirm_plan()[0] if confirm_top is None else confirm_top
     pending = planned > 0 and not (exp / "confirm.json").is_file()  # written only when a confirmation ends
-    report = Report(exp, spec, rows, best_row(rows, spec), confirm, confirm_pending=pending)
-    winner = confirmed_winner(confirm, spec)
+    choice = choose(rows, spec)
+    report = Report(exp, spec, rows, choice.best, confirm, confirm_pending=pending, choice=choice)
+    winner = None if choice.unresolved else confirmed_winner(confirm, spec)
     if winner is not None:  # the best config by mean over new seeds, not a lucky single run
         report.best = next((r for r in rows if r.trial_id == winner["source_trial"]), report.best)
     atomic_write_text(exp / "leaderboard.csv", leaderboard_csv(report))
@@ -363,7 +378,10 @@ def summary_md(report: Report) -> str:
     if report.best:
         lines += [f"**Best trial** `{report.best.trial_id}`: {spec.metric} = {report.best.best:.4f} "
                   f"(best over its epochs), " + ", ".join(f"`{k}`={fmt_number(v)}" for k, v in report.best.params.items()),
-                  "", report.expected_rerun(), ""]
+                  "", *report.tie_note(), report.expected_rerun(), ""]
+    elif report.choice.unresolved:
+        lines += ["**No best config**: " + "; ".join(explain(report.choice, spec)).removeprefix("no best config: ")
+                  + ".", ""]
     lines += ["## Totals", "", "| stop reason | trials |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report.counts().items())]
     lines += ["", f"trial-epochs spent: {spent}; running every trial to max_t: {full}; "
@@ -407,6 +425,7 @@ def write_best_config(report: Report) -> Path:
     path = report.exp / "best_config.yaml"
     header = (f"best_config.yaml of search '{spec.name}' ({report.exp})\n"
               f"trial {best.trial_id}: {spec.metric} = {best.best:.4f} (best over {best.epochs} epochs, {best.reason})\n"
+              + "".join(line + "\n" for line in report.tie_note())
               + report.expected_rerun() + "\n"
               + "".join(f"  {k} = {fmt_number(v)}\n" for k, v in best.params.items())
               + f"final run ({spec.final_epochs} epochs), either:\n"

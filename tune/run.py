@@ -53,7 +53,10 @@ def make_parser() -> argparse.ArgumentParser:
                          "trials, 0 for a larger one")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per config for --confirm-top (default "
                     "search.confirm_seeds, 2)")
-    ap.add_argument("--report-every", type=float, default=10.0, help="seconds between console tables (default 10)")
+    ap.add_argument("--report-every", type=float, default=10.0,
+                    help="seconds between Ray's status tables in driver.log (default 10)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="Ray's and Optuna's own output on the console too (it always goes to results/<name>/driver.log)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the space's base TrainConfig, e.g. --set steps_per_epoch=20 "
                          "(repeatable; not a searched parameter, not epochs: that is scheduler.max_t)")
@@ -72,12 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         from tune.sampler import preview  # Optuna only: a dry run does not start Ray
 
         print(preview(spec))
-        return EXIT_OK
+        return dry_run_data(spec, remote=bool(args.address))
+    from tune.console import set_verbose
     from tune.launch import (  # imports Ray: after the input checks
         ExperimentError,
         SearchOptions,
         run_search,
     )
+
+    set_verbose(args.verbose)
 
     confirm, seeds = spec.confirm_plan()
     opts = SearchOptions(space=args.space, storage=args.storage, address=args.address, resume=args.resume,
@@ -93,6 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop started
         print(f"\ninterrupted; continue with: {opts.resume_command(spec.name)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def dry_run_data(spec, remote: bool) -> int:
+    """Whether the datasets exist and are usable: the check a search makes before anything is
+    written (tune/launch.py check_data), said by the dry run. Exit 2 where the search would stop."""
+    from refdet.data import DatasetError, load_dataset
+
+    d, code = spec.base.data, EXIT_OK
+    for root in filter(None, (d.root, d.val_root)):
+        if not Path(root).exists() and (d.synthetic or remote):
+            print(f"data: {root}: not here; " + ("the synthetic dataset is generated on first use" if d.synthetic
+                                                  else "on a cluster the trials check it on their nodes"))
+            continue
+        try:
+            ds = load_dataset(root, min_refs=d.k_shot)
+            print(f"data: {root}: {len(ds.videos)} videos, valid")
+        except DatasetError as exc:
+            print(f"data: {exc}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+    if code != EXIT_OK:
+        print("error: the search would stop here (exit 2): fix the dataset, or name it with "
+              "--set data.root=PATH --set data.val_root=PATH", file=sys.stderr)
+    return code
 
 
 # The options that set a search's plan: (flag, SearchSpec field, smallest value). A new search

@@ -36,6 +36,8 @@ class HealthAwareASHA(ASHAScheduler):
         # (bracket index, rung) -> trial -> secondary; an index, not id(): it survives Tune's pickling
         self._tie_values: dict[tuple[int, float], dict[str, float]] = {}
         self._num_tie_stopped = 0
+        # trial -> why ASHA stopped it at a rung: {rung, value, cutoff, tie} (the console says it)
+        self.stops: dict[str, dict] = {}
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get("health/fatal", 0.0):
@@ -46,12 +48,22 @@ class HealthAwareASHA(ASHAScheduler):
         action = super().on_trial_result(tune_controller, trial, result)
         if rung is not None:
             key, before = rung
-            if action == TrialScheduler.CONTINUE and self._loses_tie(key, before, trial, result):
+            tie = self._loses_tie(key, before, trial, result) if action == TrialScheduler.CONTINUE else None
+            if tie is not None:
                 action = TrialScheduler.STOP
                 self._num_stopped += 1
                 self._num_tie_stopped += 1
+            if action == TrialScheduler.STOP and result[self._time_attr] < self._max_t:
+                self._note_stop(trial, key[1], before, result, tie)
             self._note_secondary(key, trial.trial_id, result)
         return action
+
+    def _note_stop(self, trial, rung: float, before: dict, result: dict, tie) -> None:
+        cutoff = self._trial_info[trial.trial_id].cutoff(before)
+        self.__dict__.setdefault("stops", {})[trial.trial_id] = {  # setdefault: a scheduler pickled before it
+            "rung": int(rung), "value": float(result[self._metric]),
+            "cutoff": None if cutoff is None else float(self._metric_op * cutoff),
+            "tie": tie and (self._tie_metric, self._tie_sign * tie[0], self._tie_sign * tie[1], tie[2])}
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if trial.trial_id in self._trial_info:
@@ -68,7 +80,7 @@ class HealthAwareASHA(ASHAScheduler):
     def _rung_to_record(self, trial, result: dict):
         """((bracket, milestone), the rung's recorded values before this result) for the rung
         Ray's bracket will record this result in, or None (the same walk as _Bracket.on_result)."""
-        if self._tie_metric is None or self._time_attr not in result or self._metric not in result:
+        if self._time_attr not in result or self._metric not in result:
             return None
         bracket = self._trial_info.get(trial.trial_id)
         if bracket is None:
@@ -95,19 +107,22 @@ class HealthAwareASHA(ASHAScheduler):
         if v is not None:
             self._tie_values.setdefault(key, {})[trial_id] = v
 
-    def _loses_tie(self, key, before: dict[str, float], trial, result: dict) -> bool:
-        if not before:
-            return False
+    def _loses_tie(self, key, before: dict[str, float], trial, result: dict) -> tuple | None:
+        """(its secondary, the tied trials' cutoff, how many tied) when this trial, tied at the
+        rung's cutoff, loses on the secondary signal (signed: higher is better); else None."""
+        if not before or self._tie_metric is None:
+            return None
         value = self._metric_op * result[self._metric]
         bracket = self._trial_info[trial.trial_id]
         if value != bracket.cutoff(before):
-            return False
+            return None
         mine = self._secondary(result)
         known = self._tie_values.get(key, {})
         tied = [known[t] for t, v in before.items() if v == value and t in known]
         if mine is None or not tied:
-            return False
-        return mine < np.percentile(tied, (1 - 1 / bracket.rf) * 100)
+            return None
+        cut = float(np.percentile(tied, (1 - 1 / bracket.rf) * 100))
+        return (mine, cut, len(tied)) if mine < cut else None
 
 
 def build_scheduler(spec) -> HealthAwareASHA:

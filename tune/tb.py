@@ -17,6 +17,11 @@ from ray.tune.logger import TBXLoggerCallback
 from refdet.metrics import VAL_METRICS
 
 HPARAM_METRICS = (*VAL_METRICS, "train/loss", "health/fatal")
+# TensorBoard's HParams table ticks the first 5 hyperparameters of the experiment, after sorting
+# them by `differs` (True first) and then by name (tensorboard 2.21: backend_context.py,
+# _sort_and_reduce_to_hparams_limit; the query pane's _computeHParams). Without an experiment
+# record of our own, stop_reason and stop_step sorted after the optim.* names and sat unticked.
+TB_DEFAULT_COLUMNS = 5
 
 
 def stop_reason(result: dict, max_t: int, failed: bool) -> str:
@@ -35,10 +40,13 @@ class TrialTensorBoard(TBXLoggerCallback):
     values, `stop_reason` and `stop_step` as columns. TensorBoard keeps the first HParams
     record of a run, so it is written once, at the end: a running trial has no row yet."""
 
-    def __init__(self, param_keys: list[str], max_t: int):
+    def __init__(self, param_keys: list[str], max_t: int, experiment: bool = False):
         # Not calling super().__init__: this class writes with torch's SummaryWriter.
         self._param_keys = list(param_keys)
         self._max_t = max_t
+        # the search's runs also say which columns the HParams table shows (experiment_summary);
+        # a confirmation's or final run's must not, or TensorBoard may take theirs for the search's
+        self._experiment = experiment
         self._writers: dict = {}
         self._last_step: dict = {}
 
@@ -77,7 +85,8 @@ class TrialTensorBoard(TBXLoggerCallback):
         hp = {k: _hparam(trial.config.get(k)) for k in self._param_keys}
         hp["stop_reason"] = stop_reason(result, self._max_t, failed)
         hp["stop_step"] = int(result.get("health/step") or self._last_step.pop(trial, 0))
-        for summary in hparams(hp, dict.fromkeys(HPARAM_METRICS, 0.0)):
+        exp, start, end = hparams(hp, dict.fromkeys(HPARAM_METRICS, 0.0))
+        for summary in ((experiment_summary(exp, hp) if self._experiment else exp), start, end):
             w.file_writer.add_summary(summary)
         w.close()
 
@@ -85,6 +94,26 @@ class TrialTensorBoard(TBXLoggerCallback):
         for w in self._writers.values():
             w.close()
         self._writers.clear()
+
+
+def experiment_summary(exp, hp: dict):
+    """torch's HParams experiment record `exp`, reordered: stop_reason and stop_step first, then
+    the searched parameters; `differs` set on the first TB_DEFAULT_COLUMNS only. TensorBoard
+    sorts by `differs`, then by name, and ticks the first five: these are the columns its table
+    shows without a click (the others are one tick away in the left panel)."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    value = exp.value[0]
+    data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    infos = {info.name: info for info in data.experiment.hparam_infos}
+    order = ["stop_reason", "stop_step", *(k for k in hp if k not in ("stop_reason", "stop_step"))]
+    ordered = [infos[k] for k in order if k in infos]
+    for i, info in enumerate(ordered):
+        info.differs = i < TB_DEFAULT_COLUMNS
+    del data.experiment.hparam_infos[:]
+    data.experiment.hparam_infos.extend(ordered)
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return exp
 
 
 def _number(v) -> bool:
