@@ -15,7 +15,8 @@ pytest.importorskip("onnxruntime")
 from benchmarks.replay.cli import main  # noqa: E402
 from benchmarks.replay.sources.lcbench import (  # noqa: E402
     CONT,
-    EPOCHS,
+    FIRST,
+    LAST,
     TARGETS,
     LCBench,
     LCBenchError,
@@ -62,13 +63,16 @@ def test_a_wrong_encoding_would_fail_the_check(bench):
 
 
 def test_every_task_gives_a_curve_and_bad_input_is_named(bench):
+    """A trial's epoch k is the surrogate's epoch k + 1 (YAHPO: epoch 1 is untrained)."""
     default = bench.default()
     for task in bench.tasks:
         source = LCBenchSource(task, bench)
         curve = source.draw(default, np.random.default_rng(0))
-        acc = [curve.at(e)["val_accuracy"] for e in range(1, EPOCHS + 1)]
-        assert len(acc) == EPOCHS and all(0 <= a <= 100 for a in acc)
+        acc = [curve.at(e)["val_accuracy"] for e in range(1, source.max_t + 1)]
+        assert len(acc) == LAST - FIRST + 1 == source.max_t and all(0 <= a <= 100 for a in acc)
         assert source.true_value(default) == pytest.approx(max(acc), rel=1e-5)
+        direct = bench.epochs(task, default, [FIRST, LAST])[:, TARGETS.index("val_accuracy")]
+        assert [acc[0], acc[-1]] == pytest.approx(list(direct), rel=1e-5)
     with pytest.raises(LCBenchError, match="unknown LCBench task 'nope'; known: 3945, 7593"):
         bench.check_task("nope")
     with pytest.raises(LCBenchError, match="learning_rate: 0.5 outside"):

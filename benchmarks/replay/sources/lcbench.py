@@ -32,6 +32,11 @@ TARGETS = ("time", "val_accuracy", "val_cross_entropy", "val_balanced_accuracy",
            "test_balanced_accuracy")
 TASK = "OpenML_task_id"
 EPOCHS = 52
+# YAHPO's FAQ (yahpo_gym docs, "lcbench and epochs"): LCBench's epoch 1 is the initialised,
+# untrained model and epoch 52 mostly repeats epoch 51, so "a sensible epoch range ... is 2 to
+# 51". A replayed trial's epoch k is the surrogate's epoch k + 1: 50 epochs, the first trained.
+FIRST, LAST = 2, 51
+TRIAL_EPOCHS = LAST - FIRST + 1
 # The ConfigSpace JSON stores bounds such as 0.00010000000000000009 for 1e-4; a value within
 # this relative distance of a bound counts as on it.
 BOUND_RTOL = 1e-9
@@ -109,13 +114,14 @@ class LCBench:
 
 class LCBenchSource:
     """One LCBench task as a replay source: the metric is val_accuracy (maximised, YAHPO's
-    single-objective target), a trial's epoch costs one unit of compute (YAHPO's budget counts
-    the fidelity), its true value is its curve's best validation accuracy over the 52 epochs (what
-    the search records for a trial run to the end). The seed configuration is the config space's
-    default. ASHA keeps the project's defaults for a space that names none (grace 1, reduction 2)."""
+    single-objective target); a trial's epochs 1..50 are the surrogate's epochs 2..51 (FIRST,
+    LAST); an epoch costs one unit of compute (YAHPO's budget counts the fidelity); the true value
+    of a configuration is its curve's best validation accuracy over those epochs (what the search
+    records for a trial run to the end). The seed configuration is the config space's default.
+    ASHA keeps the project's defaults for a space that names none (grace 1, reduction 2)."""
 
-    metric, mode, max_t, penalty = "val_accuracy", "max", EPOCHS, 0.0
-    full_trial_s = float(EPOCHS)
+    metric, mode, max_t, penalty = "val_accuracy", "max", TRIAL_EPOCHS, 0.0
+    full_trial_s = float(TRIAL_EPOCHS)
     has_health_stops = False
 
     def __init__(self, task: str, bench: LCBench | None = None):
@@ -134,7 +140,7 @@ class LCBenchSource:
     def _curve(self, params: dict) -> np.ndarray:
         key = self._key(params)
         if key not in self._cache:
-            self._cache[key] = self.bench.curves(self.task, params)
+            self._cache[key] = self.bench.epochs(self.task, params, range(FIRST, LAST + 1))
         return self._cache[key]
 
     def spec(self, budget: float, concurrency: int, seed: int):
@@ -164,17 +170,18 @@ class LCBenchSource:
         the ONNX call costs ~50 us per epoch row."""
         from benchmarks.replay.sources import Curve
 
-        return Curve({"time_s": [], self.metric: [], "val/fresh": []}, extend=self._extend, length=EPOCHS,
+        return Curve({"time_s": [], self.metric: [], "val/fresh": []}, extend=self._extend, length=TRIAL_EPOCHS,
                      key=(tuple(params[k] for k in CONT[1:]),))
 
     def _extend(self, curve, epoch: int) -> None:
+        """Fill the trial's epochs up to `epoch` (and at least double what it has: the rungs)."""
         have = len(curve.series["time_s"])
-        upto = min(EPOCHS, max(epoch, 2 * have))
+        upto = min(TRIAL_EPOCHS, max(epoch, 2 * have))
         params = dict(zip(CONT[1:], curve.key[0]))
         if self.true_cached(params) is not None:
             y = self._cache[self._key(params)][have:upto, TARGETS.index("val_accuracy")]
         else:
-            y = self.bench.epochs(self.task, params, range(have + 1, upto + 1))[:, TARGETS.index("val_accuracy")]
+            y = self.bench.epochs(self.task, params, range(FIRST + have, FIRST + upto))[:, TARGETS.index("val_accuracy")]
         curve.series[self.metric] += [float(v) for v in y]
         curve.series["time_s"] += [1.0] * (upto - have)
         curve.series["val/fresh"] += [1.0] * (upto - have)
@@ -199,9 +206,9 @@ class LCBenchSource:
         return sampled_reference(self, rng, n)
 
     def true_values(self, params: list[dict]) -> np.ndarray:
-        """Best val_accuracy over epochs for many configurations at once (chunked ONNX calls)."""
+        """Best val_accuracy over epochs FIRST..LAST for many configurations (chunked ONNX calls)."""
         rows = np.asarray([self.bench.check({**p, "epoch": 1}) for p in params], dtype=np.float32)
-        x = np.repeat(rows, EPOCHS, axis=0)
-        x[:, 0] = np.tile(np.arange(1, EPOCHS + 1, dtype=np.float32), len(rows))
-        y = np.concatenate([self.bench._run(self.task, x[i:i + 52000]) for i in range(0, len(x), 52000)])
-        return y[:, TARGETS.index("val_accuracy")].reshape(len(rows), EPOCHS).max(1)
+        x = np.repeat(rows, TRIAL_EPOCHS, axis=0)
+        x[:, 0] = np.tile(np.arange(FIRST, LAST + 1, dtype=np.float32), len(rows))
+        y = np.concatenate([self.bench._run(self.task, x[i:i + 50000]) for i in range(0, len(x), 50000)])
+        return y[:, TARGETS.index("val_accuracy")].reshape(len(rows), TRIAL_EPOCHS).max(1)
