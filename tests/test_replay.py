@@ -180,6 +180,14 @@ def test_cli_writes_the_summary_and_refuses_bad_input(tmp_path, capsys):
     assert {"third_of_budget", "rank_first_or_tied"} <= set(s["goal"]) and "health" in out
     assert (tmp_path / "out" / "replay-c2.png").stat().st_size > 0
     assert len((tmp_path / "out" / "runs.jsonl").read_text().splitlines()) == 2 * len(STRATEGIES)
+    # --reuse runs only what the earlier folder lacks (here: one variant of the default)
+    assert main([str(TINY), "--seeds", "2", "--seed-offset", "5", "--budget", "6", "--reuse", str(tmp_path / "out"),
+                 "--variant", "reduction_factor=3", "--out", str(tmp_path / "more")]) == 0
+    assert "2 replays in" in capsys.readouterr().out
+    assert "default:reduction_factor=3" in json.loads((tmp_path / "more" / "replay.json").read_text())[
+        "by_concurrency"]["2"]["strategies"]
+    assert main([str(TINY), "--budget", "7", "--reuse", str(tmp_path / "out"), "--out", str(tmp_path / "o4")]) == 2
+    assert "budget 6.0" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(TINY.read_text().replace('"seed": 0, "params"', '"seed": "x", "params"', 1))
     assert main([str(bad), "--seeds", "1", "--out", str(tmp_path / "o2")]) == 2

@@ -188,5 +188,5 @@ def plot(summary: dict, path: Path, title: str) -> None:
     a.legend(fontsize=7)
     fig.suptitle(f"{title}: {len(summary['seeds'])} paired seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     plt.close(fig)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -46,6 +47,7 @@ def replay_one(job: tuple) -> dict:
     from benchmarks.replay.strategies import apply_variant, build
 
     text, noise, strategy, variant, concurrency, seed, budget = job
+    logging.getLogger("ray.tune.schedulers").setLevel(logging.WARNING)  # HyperBand logs each skipped bracket
     t0 = time.perf_counter()
     source = source_for(text, noise)
     spec = source.spec(budget, concurrency, seed)
@@ -97,6 +99,8 @@ def parse(argv):
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--reference-samples", type=int, default=None,
                     help="configurations sampled for the regret normaliser (default: 5000 LCBench, 20000 model)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier out folder of the same source and budget: its replays are not run again")
     ap.add_argument("--fit-report", action="store_true",
                     help="model:TABLE: add the leave-one-config-out error of the model (refits it per config)")
     return ap.parse_args(argv)
@@ -120,13 +124,35 @@ def main(argv=None) -> int:
     seeds = range(args.seed_offset, args.seed_offset + args.seeds)
     jobs = [(args.source, args.noise, name, variant, c, seed, args.budget)
             for c in args.concurrency for seed in seeds for name, variant in kinds]
+    try:
+        done = reused(args, source.name)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     t0 = time.time()
-    runs = run_jobs(jobs, args.workers)
+    todo = [j for j in jobs if (j[2], j[4], j[5]) not in done]
+    runs = run_jobs(todo, args.workers) + [done[j[2], j[4], j[5]] for j in jobs if (j[2], j[4], j[5]) in done]
     out = args.out or ROOT / "benchmarks" / "out" / f"replay-{source.name}"
     summary = write(out, source, args, runs, [k for k, _ in kinds], time.time() - t0)
     print(report_text(summary))
-    print(f"\n{len(jobs)} replays in {summary['replay_wall_s']:.0f} s -> {out / 'replay.json'}")
+    print(f"\n{len(todo)} replays in {summary['replay_wall_s']:.0f} s ({len(jobs) - len(todo)} reused) -> "
+          f"{out / 'replay.json'}")
     return 0
+
+
+def reused(args, name: str) -> dict:
+    """(strategy, concurrency, seed) -> replay record of `--reuse DIR` (same source, budget, noise)."""
+    if args.reuse is None:
+        return {}
+    try:
+        old = json.loads((args.reuse / "replay.json").read_text())
+        runs = [json.loads(ln) for ln in (args.reuse / "runs.jsonl").read_text().splitlines() if ln.strip()]
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"--reuse {args.reuse}: not a replay folder ({exc})") from None
+    if (old.get("source"), old.get("budget"), old.get("noise")) != (name, args.budget, args.noise):
+        raise SourceError(f"--reuse {args.reuse}: replays of {old.get('source')}, budget {old.get('budget')}, "
+                          f"noise {old.get('noise')}; this run is {name}, budget {args.budget}, noise {args.noise}")
+    return {(r["strategy"], r["concurrency"], r["seed"]): r for r in runs}
 
 
 def write(out: Path, source, args, runs: list[dict], names: list[str], wall: float) -> dict:
