@@ -16,7 +16,8 @@ controller feeds them) from a source's search space:
   default_health_fail   the default with health stops told as plain failures (the trainable
                  raises; Optuna is told FAIL, which TPE ignores): the constraint's counterfactual
   default:K=V    a variant of the default with one setting changed (grace_period,
-                 reduction_factor, tie_break, startup, multivariate, constant_liar)
+                 reduction_factor, tie_break, startup, multivariate, constant_liar,
+                 confirm_top: re-run the K best with the space's confirm_seeds before exporting)
 
 Replication seed s gives every strategy the same sampler seed s (the three random strategies
 propose the same configurations in the same order) and the same source draws stream.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, replace
 
 STRATEGIES = ("default", "random_full", "random_asha", "tpe_median", "hyperband", "tpe_full", "genetic")
 EXTRA = ("default_health_fail",)
-VARIANT_KEYS = ("grace_period", "reduction_factor", "tie_break", "startup", "multivariate", "constant_liar")
+VARIANT_KEYS = ("grace_period", "reduction_factor", "tie_break", "startup", "multivariate", "constant_liar", "confirm_top")
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Built:
 
 def apply_variant(spec, variant: dict | None):
     for key, value in (variant or {}).items():
-        if key in ("grace_period", "reduction_factor"):
+        if key in ("grace_period", "reduction_factor", "confirm_top"):
             spec = replace(spec, **{key: int(value)})
         elif key == "tie_break":
             spec = replace(spec, tie_break=None if value in ("none", "null", "") else value)
@@ -107,5 +108,5 @@ def parse_variant(text: str) -> tuple[str, dict]:
     key, _, value = text.partition("=")
     if key not in VARIANT_KEYS or not value:
         raise SystemExit(f"error: --variant {text!r}: expected grace_period=N, reduction_factor=N, "
-                         f"tie_break=METRIC|none, startup=N, multivariate=0|1 or constant_liar=0|1")
+                         f"tie_break=METRIC|none, startup=N, multivariate=0|1, constant_liar=0|1 or confirm_top=K")
     return f"default:{key}={value}", {key: value}
