@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.curves import CurveError, CurveTable, read_table  # noqa: E402
+from benchmarks.replay.sources.table import CurveError, CurveTable, read_table  # noqa: E402
 
 
 def noise_by_budget(table: CurveTable, min_seeds: int = 3) -> list[dict]:

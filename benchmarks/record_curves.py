@@ -10,7 +10,7 @@ rule live). The first `seeded` configurations also run with `seeds - 1` more see
 +1, +2, ...), so the replay can draw a seed per trial and measure seed noise. `--top K` extends
 an existing table instead: its K best configurations get the missing seeds, so the values that
 decide the benchmark (the best configurations') are means over seeds, not lucky single runs. Writes the table
-described in benchmarks/curves.py (default benchmarks/curves/<space>.jsonl) and prints how
+described in benchmarks/replay/sources/table.py (default benchmarks/curves/<space>.jsonl) and prints how
 long recording took. Ray's trial folders go to benchmarks/out/record/<space>-<time>. A Ctrl-C
 writes nothing (exit 130): a run cut short is not a learning curve.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.curves import CurveError, Run, read_table, write_table  # noqa: E402
+from benchmarks.replay.sources.table import CurveError, Run, read_table, write_table  # noqa: E402
 
 SERIES = ("val/st_iou", "val/ap50", "val/recall", "val/loss", "val/fresh", "train/loss", "train/loss_bbox",
           "train/loss_cls", "train/loss_dfl", "train/loss_cpe", "health/grad_norm_pre_max", "health/mem_rss_gb")

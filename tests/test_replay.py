@@ -1,7 +1,8 @@
 """The replay benchmark drives the real search path: a tiny hand-made curve table
 (tests/fixtures/curves_tiny.jsonl: a flat config, a good one with two seeds, a weak one, a
-health stop, a crash) replayed through the project's searcher and scheduler, then the Optuna
-states they told and the compute accounting are checked. No training, no Ray cluster."""
+health stop, a crash) replayed through the project's searcher and scheduler and through every
+baseline, then the Optuna states they told and the compute accounting are checked. No
+training, no Ray cluster."""
 
 import json
 import math
@@ -9,30 +10,35 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from optuna.trial import TrialState
 
-from benchmarks.curves import CurveError, Nearest, read_table
-from benchmarks.replay import Replay, seed_everything
-from benchmarks.replay_analysis import tie_analysis
-from benchmarks.replay_search import main
-from benchmarks.strategies import build, load_spec
+from benchmarks.replay.cli import main
+from benchmarks.replay.engine import Replay, seed_everything
+from benchmarks.replay.sources import SourceError, open_source
+from benchmarks.replay.sources.recorded import RecordedSource
+from benchmarks.replay.sources.table import CurveError, Nearest, read_table
+from benchmarks.replay.strategies import EXTRA, STRATEGIES, build
+from benchmarks.replay.table_analysis import tie_analysis
 
 TINY = Path(__file__).parent / "fixtures" / "curves_tiny.jsonl"
 
 
-def replay(strategy, concurrency=2, trials=12, seed=0, all_configs_first=True, order=None, **spec_changes):
-    table = read_table(TINY)
-    spec = load_spec(table, budget=trials, concurrency=concurrency, seed=seed)
+def replay(strategy, concurrency=2, trials=12, seed=0, all_configs_first=True, order=None, budget=1e9, **spec_changes):
+    source = RecordedSource(read_table(TINY))
+    spec = source.spec(budget=trials or budget / source.full_trial_s, concurrency=concurrency, seed=seed)
     if all_configs_first:  # every recorded config runs, in order, before the sampler proposes
-        order = order or list(table.configs())
-        spec = replace(spec, initial_points=tuple(table.configs()[c][0].params for c in order))
+        order = order or list(source.groups)
+        spec = replace(spec, initial_points=tuple(source.groups[c][0].params for c in order))
     spec = replace(spec, **spec_changes)
     seed_everything(seed)
-    searcher, scheduler, as_error = build(strategy, spec, seed)
-    tl = Replay(table, searcher, scheduler, concurrency, budget_s=1e9, seed=seed, health_as_error=as_error,
-                max_trials=trials).run(spec)
-    return table, searcher, tl
+    b = build(strategy, spec, seed)
+    r = Replay(source, b.searcher, b.scheduler, concurrency, budget_s=budget, seed=seed,
+               health_as_error=b.health_as_error, max_trials=trials, max_pending=b.max_pending)
+    tl = r.run(spec)
+    r.export(b.confirm)
+    return source.table, b.searcher, tl
 
 
 def newest_records(searcher):
@@ -45,14 +51,18 @@ def newest_records(searcher):
     return by_ray
 
 
+def run_of(table, t):
+    config, seed = t.key
+    return next(r for r in table.configs()[config] if r.seed == seed)
+
+
 def test_default_tells_optuna_what_happened_to_each_replayed_trial():
     table, searcher, tl = replay("default")
     reasons = {t.reason for t in tl.trials}
     assert {"completed", "asha", "grad_explosion", "error"} <= reasons  # every outcome occurred
     told = newest_records(searcher)
     for t in tl.trials:
-        rec = told[t.trial_id]
-        run = next(r for r in table.configs()[t.config] if r.seed == t.seed)
+        rec, run = told[t.trial_id], run_of(table, t)
         if t.reason == "completed":
             assert rec.state == TrialState.COMPLETE and rec.constraints == {"health": 0.0}
             assert rec.value == run.series["val/st_iou"][table.max_t - 1]
@@ -66,38 +76,79 @@ def test_default_tells_optuna_what_happened_to_each_replayed_trial():
     assert not searcher._ot_study.get_trials(states=(TrialState.RUNNING,))
 
 
-def test_compute_and_clock_accounting():
+def test_health_stops_told_as_failures_keep_their_reason_in_the_accounting():
+    table, searcher, tl = replay("default_health_fail")
+    told = newest_records(searcher)
+    stopped = [t for t in tl.trials if t.reason == "grad_explosion"]
+    assert stopped and all(told[t.trial_id].state == TrialState.FAIL for t in stopped)
+    assert all(t.best is None for t in stopped)  # never the incumbent
+
+
+def test_compute_clock_and_incumbent_accounting():
     table, _, tl = replay("default", concurrency=2)
-    spent = 0.0
-    for t in tl.trials:
-        run = next(r for r in table.configs()[t.config] if r.seed == t.seed)
-        spent += sum(run.series["time_s"][: t.epochs])
+    spent = sum(sum(run_of(table, t).series["time_s"][: t.epochs]) for t in tl.trials)
     assert math.isclose(tl.compute_s, spent) and math.isclose(sum(t.own_s for t in tl.trials), spent)
     assert tl.compute_s / 2 <= tl.wall_s + 1e-9 <= tl.compute_s
     assert len(tl.trials) == 12
-    # the incumbent is what the report would export: the best completed/ASHA-stopped trial
+    # the incumbent is what the report would export (the best completed/ASHA-stopped trial),
+    # scored by its recorded config's mean over seeds
     best = max((t for t in tl.trials if t.reason in ("completed", "asha")), key=lambda t: (t.best, t.epochs))
-    assert tl.points[-1][2] == table.config_value(best.config) and tl.points[-1][3] == best.best
+    assert tl.points[-1][2] == table.config_value(best.key[0]) and tl.points[-1][3] == best.best
+    assert tl.export["confirmed"]  # a 12-trial search confirms (tune/space.py confirm_plan)
 
 
-def test_stock_semantics_differ_where_the_issue_says():
-    _, searcher, tl = replay("stock")
-    told = newest_records(searcher)
-    for t in tl.trials:
-        rec = told[t.trial_id]
-        if t.reason == "asha":  # told COMPLETE with its partial value
-            assert rec.state == TrialState.COMPLETE
-        if t.reason == "error":  # health stops are errors to the stock integration
-            assert rec.state == TrialState.FAIL
-    assert "asha" in {t.reason for t in tl.trials} and "error" in {t.reason for t in tl.trials}
-    assert "grad_explosion" not in {t.reason for t in tl.trials}
+def test_every_strategy_replays_the_tiny_table():
+    """Each strategy runs to its budget on the same source and exports a healthy config; the
+    full-budget ones never stop a trial early; HyperBand pauses and resumes trials; the pruner
+    is told PRUNED."""
+    for strategy in STRATEGIES + EXTRA:
+        _, searcher, tl = replay(strategy, all_configs_first=False, trials=None, budget=1200.0)
+        assert tl.compute_s >= 1200.0 and tl.export is not None, strategy
+        reasons = {t.reason for t in tl.trials}
+        if strategy in ("random_full", "tpe_full", "genetic"):
+            assert "asha" not in reasons, strategy
+        if strategy in ("random_asha", "tpe_median", "hyperband", "default"):
+            assert "asha" in reasons, strategy
+        if strategy == "hyperband":
+            assert tl.pauses > 0 and any(0 < t.epochs < 4 for t in tl.trials if t.reason == "asha")
+        if strategy == "tpe_median":
+            pruned = [t for t in tl.trials if t.reason == "asha"]
+            told = newest_records(searcher)
+            assert all(told[t.trial_id].state == TrialState.PRUNED for t in pruned)
 
 
-def test_no_early_stopping_strategies_run_every_trial_to_its_end():
-    for strategy in ("tpe_full", "random_full", "evolve"):
-        _, _, tl = replay(strategy, all_configs_first=False, trials=8)
-        assert "asha" not in {t.reason for t in tl.trials}, strategy
-        assert len(tl.trials) == 8
+def test_small_search_confirms_its_export():
+    """A default search of <= 16 trials re-runs its 2 best with 2 seeds (tune/space.py
+    confirm_plan): 4 full trials of compute more, and the export says it was confirmed."""
+    table, _, tl = replay("default", trials=6, all_configs_first=False)
+    assert tl.export["confirmed"] and tl.compute_s == pytest.approx(sum(t.own_s for t in tl.trials))
+    assert tl.export["compute_s"] == pytest.approx(tl.compute_s + 4 * 40.0)  # 4 runs of 4 x 10 s
+    _, _, big = replay("default", trials=20, all_configs_first=False)
+    assert not big.export["confirmed"] and big.export["params"] == max(
+        (t for t in big.trials if t.best is not None), key=lambda t: (t.best, t.epochs)).params
+
+
+def test_genetic_mutation_follows_the_library_rule():
+    """With one result, every gene is the parent's times a factor in [0.25, 4] (crossover of
+    one parent is the parent), clipped to the range and rounded (ints integral). The library
+    redraws until a factor differs from 1, not until the clipped value does: a child can
+    equal its parent at a bound (lr at its lower bound here), as in the library."""
+    from benchmarks.replay.baselines import Genetic
+
+    spec = RecordedSource(read_table(TINY)).spec(10, 1, 0)
+    g = Genetic(spec, seed=0)
+    first = g.suggest("a")
+    assert first == dict(spec.initial_points[0])
+    g.on_trial_complete("a", {spec.metric: 0.05, "health/fatal": 0.0})
+    children = [g.suggest(f"c{i}") for i in range(50)]
+    assert sum(c != first for c in children) >= 40
+    for child in children:
+        for k, p in spec.params.items():
+            assert p.low <= child[k] <= p.high
+            if p.type == "int":
+                assert isinstance(child[k], int)
+            elif first[k] and child[k] not in (p.low, p.high):
+                assert 0.25 - 1e-4 <= child[k] / first[k] <= 4 + 1e-4
 
 
 def test_tie_break_separates_a_flat_rung():
@@ -105,7 +156,7 @@ def test_tie_break_separates_a_flat_rung():
     against 8.5). With the tie-break config 0 is stopped there; without it, the tie stands."""
     def fate(tie_break):
         _, _, tl = replay("default", concurrency=1, trials=2, order=[2, 0], tie_break=tie_break, grace_period=2)
-        return {t.config: t.reason for t in tl.trials}
+        return {t.key[0]: t.reason for t in tl.trials}
 
     assert fate(None) == {2: "completed", 0: "completed"}
     assert fate("val/loss") == {2: "completed", 0: "asha"}
@@ -121,19 +172,63 @@ def test_nearest_uses_log_coordinates():
                  "optim.lr": 1.1e-4}) == 0
 
 
-def test_cli_writes_the_table_and_refuses_a_broken_one(tmp_path, capsys):
-    assert main([str(TINY), "--seeds", "2", "--concurrency", "2", "--budget", "6", "--workers", "1",
-                 "--out", str(tmp_path / "out")]) == 0
+def test_cli_writes_the_summary_and_refuses_bad_input(tmp_path, capsys):
+    assert main([str(TINY), "--seeds", "2", "--seed-offset", "5", "--budget", "6", "--out", str(tmp_path / "out")]) == 0
     out = json.loads((tmp_path / "out" / "replay.json").read_text())
-    assert set(out["strategies"]) == {f"{s}@2" for s in ("default", "random_asha", "stock", "tpe_full", "evolve",
-                                                          "random_full")}
-    assert (tmp_path / "out" / "replay.png").stat().st_size > 0
+    s = out["by_concurrency"]["2"]
+    assert set(s["strategies"]) == set(STRATEGIES) and s["seeds"] == [5, 6] and out["seeds"] == [5, 6]
+    assert {"third_of_budget", "rank_first_or_tied"} <= set(s["goal"]) and "health" in out
+    assert (tmp_path / "out" / "replay-c2.png").stat().st_size > 0
+    assert len((tmp_path / "out" / "runs.jsonl").read_text().splitlines()) == 2 * len(STRATEGIES)
+    # --reuse runs only what the earlier folder lacks (here: one variant of the default)
+    assert main([str(TINY), "--seeds", "2", "--seed-offset", "5", "--budget", "6", "--reuse", str(tmp_path / "out"),
+                 "--variant", "reduction_factor=3", "--out", str(tmp_path / "more")]) == 0
+    assert "2 replays in" in capsys.readouterr().out
+    assert "default:reduction_factor=3" in json.loads((tmp_path / "more" / "replay.json").read_text())[
+        "by_concurrency"]["2"]["strategies"]
+    assert main([str(TINY), "--budget", "7", "--reuse", str(tmp_path / "out"), "--out", str(tmp_path / "o4")]) == 2
+    assert "budget 6.0" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(TINY.read_text().replace('"seed": 0, "params"', '"seed": "x", "params"', 1))
-    assert main([str(bad), "--seeds", "1", "--workers", "1", "--out", str(tmp_path / "o2")]) == 2
+    assert main([str(bad), "--seeds", "1", "--out", str(tmp_path / "o2")]) == 2
     assert f"{bad}:2" in capsys.readouterr().err
+    assert main([str(TINY), "--strategies", "nope", "--out", str(tmp_path / "o3")]) == 2
+    assert "known: default" in capsys.readouterr().err
     with pytest.raises(CurveError, match="no such file|cannot read"):
         read_table(tmp_path / "missing.jsonl")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_model_source_refuses_a_table_with_health_stops():
+    with pytest.raises(SourceError, match="health-stopped or crashed"):
+        open_source(f"model:{TINY}")
+
+
+def healthy_tiny_table(tmp_path) -> Path:
+    lines = [ln for ln in TINY.read_text().splitlines() if ln.strip()]
+    keep = [lines[0]] + [ln for ln in lines[1:] if '"stop": null, "error": null' in ln]
+    path = tmp_path / "healthy.jsonl"
+    path.write_text("\n".join(keep) + "\n")
+    return path
+
+
+def test_model_source_noise_levels(tmp_path):
+    """noise 0 answers the model's mean; a level scales the drawn deviation linearly (where
+    nothing is clipped); the true value is the best epoch of the mean; values stay >= 0."""
+    path = healthy_tiny_table(tmp_path)
+    measured = open_source(f"model:{path}", "measured")
+    params = {"optim.gradient_clip_norm": 4.0, "loss.dfl_weight": 1.2, "optim.warmup_epochs": 1, "optim.lr": 0.002}
+    mean = measured.mean_curves([params])[0][:4]
+    zero = measured.with_noise(0)
+    assert zero.draw(params, np.random.default_rng(0)).series["val/st_iou"] == pytest.approx(list(mean))
+    assert zero.true_value(params) == pytest.approx(float(mean.max()))
+    half = measured.with_noise(measured.level / 2)
+    a = np.array(measured.draw(params, np.random.default_rng(1)).series["val/st_iou"])
+    b = np.array(half.draw(params, np.random.default_rng(1)).series["val/st_iou"])
+    free = (a > 0) & (b > 0)
+    assert free.any() and np.allclose((b - mean)[free], 0.5 * (a - mean)[free])
+    assert (a >= 0).all()
+    assert measured.signals == ["val/st_iou"]  # smoke's tie-break signal (val/ap50) is not in this table
 
 
 def asha_after_first_trial(tie_break: str, first: dict):
@@ -176,8 +271,8 @@ def test_tie_break_state_survives_pickling():
 
 
 def test_noise_by_budget_and_values_after_the_first_epochs():
-    from benchmarks.curves import Run
     from benchmarks.noise_vs_budget import noise_by_budget
+    from benchmarks.replay.sources.table import Run
 
     table = read_table(TINY)
     rows = {r["epochs"]: r for r in noise_by_budget(table, min_seeds=2)}  # config 1: two seeds

@@ -331,8 +331,8 @@ def test_record_curves_writes_a_table_the_replay_reads(ray_local, tiny_dataset, 
     """benchmarks/record_curves.py through the project's trainable: every run to max_t (or its
     health stop), one line per run, then read back by the replay's own reader."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.curves import read_table
     from benchmarks.record_curves import main as record_main
+    from benchmarks.replay.sources.table import read_table
 
     space = write_space(tmp_path, tiny_dataset, "rec", num_samples=3, max_t=2, steps=4, initial_lr=20.0, lr_high=30.0)
     out = tmp_path / "rec.jsonl"

@@ -1,4 +1,5 @@
-"""The learning-curve table: what `record_curves.py` writes and `replay_search.py` reads.
+"""The learning-curve table: what `benchmarks/record_curves.py` writes and the replay reads
+(as recorded, sources/recorded.py, or through a model of it, sources/model.py).
 
 One JSON object per line (benchmarks/curves/<space>.jsonl). The first line is the header:
 
