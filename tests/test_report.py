@@ -64,6 +64,8 @@ def test_no_export_until_the_planned_confirmation_has_finished(tmp_path, tiny_da
     assert "confirmation" in report.console_summary() and "Interrupted" in (exp / "summary.md").read_text()
     report = write_report(exp, plots=False, confirm_top=0)  # report.py --confirm-top 0: export unconfirmed
     assert report.exportable and "not measured" in (exp / "best_config.yaml").read_text()
+    write_report(exp, plots=False)  # the search's own plan again: that export is not its answer
+    assert not (exp / "best_config.yaml").exists()
 
 
 def test_a_config_with_a_health_stopped_seed_is_exported_only_if_every_one_has(tmp_path, tiny_dataset):

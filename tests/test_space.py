@@ -60,6 +60,9 @@ def test_shipped_spaces_are_valid():
     (("reduction_factor: 2}", "reduction_factor: 2, tie_break: val/banana}"), "scheduler.tie_break"),
     (("reduction_factor: 2}", "reduction_factor: 2, tie_break: val/st_iou}"), "other than search.metric"),
     (("search: {", "bogus: 1\nsearch: {"), "bogus: unknown key"),
+    (("metric: val/st_iou, mode: max", "metric: val/loss, mode: max"), "search.mode: val/loss is minimised"),
+    (("metric: val/st_iou, mode: max", "metric: val/loss, mode: min, penalty: 0.0"), "search.penalty: 0 could be better"),
+    (("mode: max,", "mode: max, penalty: 0.5,"), "search.penalty: 0.5 could be better"),
 ])
 def test_invalid_spaces_name_file_and_key(tmp_path, change, match):
     path = write(tmp_path, GOOD.replace(*change))
@@ -137,6 +140,9 @@ def test_set_overrides_the_base_in_the_dry_run(tmp_path, monkeypatch, capsys):
     (exp / "space.yaml").write_text(GOOD)  # a search started with this space
     assert main(["--space", write(tmp_path, GOOD), "--resume", "--set", "steps_per_epoch=7"]) == 2
     assert "keeps the base and resources it started with" in capsys.readouterr().err
+    # the --space file gone: the experiment's own space.yaml is what resumes (here: a contradiction)
+    assert main(["--space", "gone.yaml", "--name", "t", "--resume", "--num-samples", "9", "--dry-run"]) == 2
+    assert "--num-samples 9: the search in" in capsys.readouterr().err
 
 
 def test_rungs_must_fall_on_validated_epochs(tmp_path):

@@ -333,6 +333,8 @@ def write_report(exp: str | Path, spec: SearchSpec | None = None, plots: bool = 
     atomic_write_text(exp / "health_report.md", health_md(report))
     if report.exportable:
         write_best_config(report)
+    else:  # an export of an earlier report (e.g. --confirm-top 0) is not this report's answer
+        (exp / "best_config.yaml").unlink(missing_ok=True)
     if plots:
         from tune.plots import write_plots
 

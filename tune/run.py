@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,8 +67,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        spec = load_space(args.space)
-        spec = resumed_spec(spec, args) if args.resume else apply_cli(spec, args)
+        spec = resumed_spec(space_for_resume(args), args) if args.resume else apply_cli(load_space(args.space), args)
     except SpaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -159,20 +159,36 @@ def apply_cli(spec, args):
     return spec
 
 
+def space_for_resume(args):
+    """The --space of a resumed search, or None where it cannot be read any more (moved,
+    edited into something invalid): the experiment's own space.yaml is what resumes."""
+    try:
+        return load_space(args.space)
+    except SpaceError:
+        if args.name is None and not (Path(args.storage or DEFAULT_RESULTS) / Path(args.space).stem).is_dir():
+            raise
+        return None
+
+
 def resumed_spec(spec, args):
     """--resume: the search exactly as it was started -- space, base (--set included),
     resources and plan (trials, concurrency, confirmation, retries) -- from the experiment's
-    own space.yaml. An option given again that contradicts it is an error naming it."""
+    own space.yaml. An option given again that contradicts it is an error naming it. `spec`:
+    the --space as loaded now, or None where it cannot be read (space_for_resume)."""
+    if spec is None:
+        spec = SimpleNamespace(name=Path(args.space).stem, params=None)
     name = experiment_name(spec, args)
     storage = args.storage or str(DEFAULT_RESULTS)
     if "://" in storage:  # remote storage: no local copy of the saved space to read
+        if spec.params is None:
+            raise SpaceError(f"{args.space}: cannot be read, and with remote storage it is what --resume needs")
         return apply_cli(spec, args)
     exp = Path(storage).resolve() / name
     saved_path = exp / "space.yaml"
     if not saved_path.is_file():
         raise SpaceError(f"{exp}: no search to resume (no space.yaml)")
     saved = load_space(str(saved_path))
-    if saved.params.keys() != spec.params.keys():
+    if spec.params is not None and saved.params.keys() != spec.params.keys():
         raise SpaceError(f"{saved_path}: the search was started with other parameters than {spec.path.name} "
                          f"({', '.join(saved.params)}); resume with the same --space")
     if args.set:

@@ -37,7 +37,7 @@ from refdet.config import (
     field_type,
     load_yaml_mapping,
 )
-from refdet.metrics import SEARCHABLE_METRICS
+from refdet.metrics import SEARCHABLE_METRICS, lower_is_better
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES_DIR = ROOT / "search_spaces"
@@ -179,6 +179,22 @@ NOT_SEARCHABLE = {
     "device_share": "it is the trial's resources.gpu",
     "host_share": "it is the trial's share of its node, from its resources",
 }
+
+
+LOSS_PENALTY_MIN = 1e6  # a loss no trained run reports: the worst value of a minimised loss
+
+
+def check_penalty(metric: str, penalty: float, where: str) -> None:
+    """The penalty is what a health-stopped trial, and a value not measured yet, report: it must
+    be no better than any value the metric can take, or a stopped trial would read as a good
+    one. ST-IoU, AP and recall lie in [0, 1] (maximised: penalty <= 0); losses are >= 0 and
+    unbounded (minimised: penalty >= 1e6)."""
+    if lower_is_better(metric) and penalty < LOSS_PENALTY_MIN:
+        raise SpaceError(f"{where}: search.penalty: {penalty:g} could be better than a real {metric}; a minimised "
+                         f"loss needs a penalty of at least {LOSS_PENALTY_MIN:g}")
+    if not lower_is_better(metric) and penalty > 0:
+        raise SpaceError(f"{where}: search.penalty: {penalty:g} could be better than a real {metric} (in [0, 1]); "
+                         "it must be <= 0")
 
 
 def asha_rungs(grace: int, reduction: int, max_t: int) -> list[int]:
@@ -346,7 +362,11 @@ def load_space(name_or_path: str) -> SearchSpec:
     num_samples = _num(search.get("num_samples", 8), "search.num_samples", where, int, 1)
     max_concurrent = _num(search.get("max_concurrent", 2), "search.max_concurrent", where, int, 1)
     seed = _num(search.get("seed", 0), "search.seed", where, int, 0)
-    penalty = _num(search.get("penalty", 0.0 if mode == "max" else 1e6), "search.penalty", where)
+    if mode != ("min" if lower_is_better(metric) else "max"):
+        raise SpaceError(f"{where}: search.mode: {metric} is {'minimised' if lower_is_better(metric) else 'maximised'}"
+                         f" (mode {'min' if lower_is_better(metric) else 'max'}), not {mode}")
+    penalty = _num(search.get("penalty", 0.0 if mode == "max" else LOSS_PENALTY_MIN), "search.penalty", where)
+    check_penalty(metric, penalty, where)
     initial = _initial_points(search.get("initial_points", []) or [], params, where)
     confirm_top = search.get("confirm_top")
     if confirm_top is not None:
