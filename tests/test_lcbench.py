@@ -92,6 +92,9 @@ def test_cli_replays_a_task_and_refuses_an_unknown_one(tmp_path, capsys):
     assert main(["lcbench:nope", "--seeds", "1", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "unknown LCBench task 'nope'" in err and "189909" in err and not (tmp_path / "x").exists()
+    # the surrogate is deterministic: a noise level would be silently ignored, so it is refused
+    assert main(["lcbench:3945", "--noise", "0.05", "--seeds", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "--noise applies to model:TABLE" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def test_lcbench_asha_settings_are_the_project_defaults(tmp_path):

@@ -282,3 +282,31 @@ def test_noise_by_budget_and_values_after_the_first_epochs():
     stopped = Run(9, 0, {}, {"time_s": [1.0] * 3, "val/st_iou": [0.01, 0.02, 0.0]}, stop={"reason": "x"})
     assert table.run_value(stopped, 2) == 0.02  # healthy for its first two epochs
     assert table.run_value(stopped, 3) == table.run_value(stopped) == table.penalty
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--variant", "foo=1"], "--variant 'foo=1': expected"),
+    (["--variant", "grace_period=abc"], "--variant 'grace_period=abc': grace_period must be an integer >= 1"),
+    (["--variant", "grace_period=99"], "--variant 'grace_period=99': grace_period must be <= max_t (4)"),
+    (["--variant", "reduction_factor=1"], "reduction_factor must be an integer >= 2"),
+    (["--variant", "startup=x"], "startup must be an integer >= 0"),
+    (["--variant", "confirm_top=-1"], "confirm_top must be an integer >= 0"),
+    (["--variant", "multivariate=maybe"], "multivariate must be 0 or 1"),
+    (["--reference-samples", "0"], "--reference-samples must be >= 2"),
+    (["--reference-samples", "-5"], "--reference-samples must be >= 2"),
+])
+def test_cli_refuses_a_bad_option_before_any_replay(tmp_path, capsys, argv, says):
+    """Exit 2 with the option named, no traceback, nothing written (these once raised mid-run
+    or exited 1, after some replays had run)."""
+    out = tmp_path / "out"
+    assert main([str(TINY), "--seeds", "1", "--budget", "2", "--strategies", "default", *argv, "--out", str(out)]) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_refuses_an_out_path_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("keep me\n")
+    assert main([str(TINY), "--seeds", "1", "--budget", "2", "--strategies", "default", "--out", str(out)]) == 2
+    assert f"--out {out}: exists and is not a folder" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"

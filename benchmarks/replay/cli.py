@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.replay.sources import SourceError, open_source
-from benchmarks.replay.strategies import EXTRA, STRATEGIES, parse_variant
+from benchmarks.replay.strategies import EXTRA, STRATEGIES, VariantError, parse_variant
 
 ROOT = Path(__file__).resolve().parents[2]
 _SOURCES: dict = {}
@@ -115,12 +115,18 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: unknown strategy {unknown[0]!r} (known: {', '.join(STRATEGIES + EXTRA)})", file=sys.stderr)
         return 2
+    if args.reference_samples is not None and args.reference_samples < 2:
+        print("error: --reference-samples must be >= 2 (the normaliser needs a worst and a best)", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out}: exists and is not a folder", file=sys.stderr)
+        return 2
     try:
         source = source_for(args.source, args.noise)
-    except SourceError as exc:
+        kinds = [(s, None) for s in args.strategies] + [parse_variant(v, source.max_t) for v in args.variant]
+    except (SourceError, VariantError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    kinds = [(s, None) for s in args.strategies] + [parse_variant(v) for v in args.variant]
     seeds = range(args.seed_offset, args.seed_offset + args.seeds)
     jobs = [(args.source, args.noise, name, variant, c, seed, args.budget)
             for c in args.concurrency for seed in seeds for name, variant in kinds]

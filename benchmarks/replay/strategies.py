@@ -104,9 +104,31 @@ def _variant_sampler(spec, variant: dict | None):
     return optuna.samplers.TPESampler(**kwargs)
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
+# variant key -> the least integer it takes (the replay's schedulers and samplers refuse less)
+_INT_MIN = {"grace_period": 1, "reduction_factor": 2, "startup": 0, "confirm_top": 0}
+_FLAGS = ("0", "1", "true", "false")
+
+
+class VariantError(ValueError):
+    """A `--variant` the replay cannot run; the message names it."""
+
+
+def parse_variant(text: str, max_t: int | None = None) -> tuple[str, dict]:
+    """`KEY=VALUE` -> (the strategy's name, {key: value}), checked before any replay runs
+    (a bad value would otherwise raise mid-run, after other replays had been spent)."""
     key, _, value = text.partition("=")
     if key not in VARIANT_KEYS or not value:
-        raise SystemExit(f"error: --variant {text!r}: expected grace_period=N, reduction_factor=N, "
-                         f"tie_break=METRIC|none, startup=N, multivariate=0|1, constant_liar=0|1 or confirm_top=K")
+        raise VariantError(f"--variant {text!r}: expected grace_period=N, reduction_factor=N, "
+                           f"tie_break=METRIC|none, startup=N, multivariate=0|1, constant_liar=0|1 or confirm_top=K")
+    if key in _INT_MIN:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < _INT_MIN[key]:
+            raise VariantError(f"--variant {text!r}: {key} must be an integer >= {_INT_MIN[key]}")
+        if key == "grace_period" and max_t is not None and number > max_t:
+            raise VariantError(f"--variant {text!r}: grace_period must be <= max_t ({max_t})")
+    if key in ("multivariate", "constant_liar") and value.lower() not in _FLAGS:
+        raise VariantError(f"--variant {text!r}: {key} must be 0 or 1")
     return f"default:{key}={value}", {key: value}

@@ -55,6 +55,9 @@ def open_source(text: str, noise: str | None = None):
     if text.startswith("lcbench:"):
         from benchmarks.replay.sources.lcbench import LCBenchError, LCBenchSource
 
+        if noise is not None:  # one configuration, one curve: a noise level would be ignored
+            raise SourceError(f"{text}: the LCBench surrogate is deterministic; --noise applies to model:TABLE")
+
         try:
             return LCBenchSource(text.split(":", 1)[1])
         except LCBenchError as exc:
