@@ -109,7 +109,7 @@ def summarise(runs: list[dict], reference: tuple[float, float], budget: float, s
 
 def goal(summary: dict) -> dict:
     """The issue's goals for the default: (a) reaches random search's whole-budget quality with
-    at most 1/3 of the budget (median over seeds); (b) its anytime mean rank is first, or inside
+    at most 1/3 of the budget (median over seeds), and whether random search itself does; (b) its anytime mean rank is first, or inside
     the bootstrap interval of the first's."""
     s = summary["strategies"]
     d = s.get("default")
@@ -117,9 +117,14 @@ def goal(summary: dict) -> dict:
         return {}
     out = {}
     if summary["target"] is not None:
-        c = d["to_target"]
-        out["third_of_budget"] = {"pass": c is not None and c <= summary["budget"] / 3, "default_compute": c,
-                                  "limit": summary["budget"] / 3, "ci": d["to_target_ci"]}
+        c, limit = d["to_target"], summary["budget"] / 3
+        # Under seed noise random search's export can be worse than an incumbent it held early,
+        # so random search itself may reach its final quality within the limit: then the goal
+        # does not tell the default from random search ("decides": False).
+        own = s["random_full"]["to_target"]
+        out["third_of_budget"] = {"pass": c is not None and c <= limit, "default_compute": c,
+                                  "limit": limit, "ci": d["to_target_ci"], "random_full_compute": own,
+                                  "decides": own is None or own > limit}
     f = s[summary["first_by_rank"]]
     out["rank_first_or_tied"] = {"pass": summary["first_by_rank"] == "default" or d["anytime_rank"] <= f["anytime_rank_ci"][1],
                                  "first": summary["first_by_rank"], "first_ci": f["anytime_rank_ci"],

@@ -213,7 +213,9 @@ def report_text(summary: dict) -> str:
                          f"   {e['final_regret']:>8.4f} [{e['final_regret_ci'][0]:.4f}, {e['final_regret_ci'][1]:.4f}]"
                          f"   {to:>28} {summary['replay_s_median'].get(name, 0):>9.1f}")
         for k, g in s["goal"].items():
-            lines.append(f"  [{'PASS' if g['pass'] else 'FAIL'}] {k}: {json.dumps({a: b for a, b in g.items() if a != 'pass'})}")
+            verdict = ("PASS" if g["pass"] else "FAIL") + ("" if g.get("decides", True) else
+                                                           ", undecided: random search itself passes")
+            lines.append(f"  [{verdict}] {k}: {json.dumps({a: b for a, b in g.items() if a != 'pass'})}")
     for key, h in summary.get("health", {}).items():
         lines.append(f"health {key}: doomed {h['doomed_share']:.1%} of compute, memory-budget {h['memory_share']:.1%} "
                      f"({h['memory_stops']:.1f} stops), to the best {_f(h['to_best_compute'])} full trials "
