@@ -10,8 +10,10 @@ A source offers: `name`; `metric`, `mode`, `max_t`, `penalty`; `full_trial_s` (t
 trial run to max_t, in the source's time unit); `spec(budget, concurrency, seed)` -> the
 project's SearchSpec of the space (its seed configuration, ASHA settings, tie-break);
 `draw(params, rng)` -> one training run of a configuration (a Curve); `true_value(params)` -> the
-value a re-run is expected to record (the mean over seeds of the best value over epochs, at
-full budget): what an exported configuration is scored by; `reference(rng)` -> (worst, best)
+value a re-run is expected to record at full budget (the recorded table: the mean over seeds of
+each run's best value over epochs; the continuous model: the best epoch of its mean curve, which
+is lower where the noise is large; LCBench: the surrogate's curve): what an exported
+configuration is scored by; `reference(rng)` -> (worst, best)
 true values over the space, the normaliser of regret.
 """
 
