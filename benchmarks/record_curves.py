@@ -2,6 +2,7 @@
 
     python benchmarks/record_curves.py --space smoke --n 36 --seeds 3 --seeded 12
     python benchmarks/record_curves.py --space hazard --n 16
+    python benchmarks/record_curves.py --space smoke --n 100 --seeds 4 --seeded 12 --extend   # add to a table
 
 Runs `n` configurations of the space -- its initial points first, then a scrambled Sobol
 design over the space (Optuna's QMCSampler: space-filling, log where the space is log) -- each
@@ -105,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeded", type=int, default=8, help="how many configurations (the first) get --seeds seeds")
     ap.add_argument("--top", type=int, default=0,
                     help="extend the existing table instead: give its K best configurations --seeds seeds")
+    ap.add_argument("--extend", action="store_true",
+                    help="add to the existing table the runs --n/--seeds/--seeded ask for that it lacks")
     ap.add_argument("--design-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/curves/<space>.jsonl")
     ap.add_argument("--storage", type=Path, default=ROOT / "benchmarks" / "out" / "record")
@@ -113,8 +116,9 @@ def main(argv=None) -> int:
     from refdet.data.synthetic import ensure_dataset
     from tune.space import SpaceError, load_space
 
-    if args.n < 1 or args.seeds < 1 or args.seeded < 0 or args.top < 0:
-        print("error: --n and --seeds must be >= 1, --seeded and --top >= 0", file=sys.stderr)
+    if args.n < 1 or args.seeds < 1 or args.seeded < 0 or args.top < 0 or (args.top and args.extend):
+        print("error: --n and --seeds must be >= 1, --seeded and --top >= 0; --top and --extend exclude each other",
+              file=sys.stderr)
         return 2
     try:
         spec = load_space(args.space)
@@ -140,6 +144,20 @@ def main(argv=None) -> int:
         runs = [(i, base_seed) for i in range(len(points))]
         runs += [(i, base_seed + s) for i in range(min(args.seeded, len(points))) for s in range(1, args.seeds)]
         header, previous = table_header(spec, args, base_seed), []
+        if args.extend:  # record only what the table lacks (the design is deterministic: same first points)
+            try:
+                table = read_table(out)
+            except CurveError as exc:
+                print(f"error: --extend: {exc}", file=sys.stderr)
+                return 2
+            groups = table.configs()
+            if any(c >= len(points) or groups[c][0].params != points[c] for c in groups):
+                print(f"error: --extend: {out} was not recorded with this space and --design-seed", file=sys.stderr)
+                return 2
+            have = {(r.config, r.seed) for r in table.runs}
+            runs = [r for r in runs if r not in have]
+            header, previous = table.header, table.runs
+            header["recorded"] = dict(header["recorded"], configs=max(args.n, int(header["recorded"]["configs"])))
     if spec.base.data.synthetic:
         ensure_dataset(spec.base.data)
     name = f"{spec.name}-{time.strftime('%m%d-%H%M%S')}"
@@ -159,8 +177,9 @@ def main(argv=None) -> int:
     rec = dict(header.get("recorded", {}))
     rec["wall_s"] = round(float(rec.get("wall_s", 0.0)) + wall, 1)
     rec["runs"] = len(previous) + len(recorded)
-    if args.top:
-        rec["extended"] = (rec.get("extended", "") + f"; {time.strftime('%Y-%m-%d')}: seeds for the top {args.top} "
+    if args.top or args.extend:
+        what = f"seeds for the top {args.top}" if args.top else f"--n {args.n} --seeds {args.seeds} --seeded {args.seeded}"
+        rec["extended"] = (rec.get("extended", "") + f"; {time.strftime('%Y-%m-%d')}: {what} "
                            f"({len(recorded)} runs, {wall:.0f} s)").lstrip("; ")
     write_table(out, {k: v for k, v in header.items() if k not in ("table", "version")} | {"recorded": rec},
                 previous + recorded)

@@ -72,6 +72,10 @@ class DataConfig:
     synthetic_frames: int = 120
     synthetic_size: str = "320x180"
     synthetic_object_scale: float = 0.3  # object size as a fraction of the frame height
+    synthetic_scenes: int = 2  # videos per object in `root` (<cat>_0, <cat>_1, ...)
+    # > 0: `val_root` is generated too, each object of `root` in this many new scenes (a
+    # fixed validation set of held-out scenes of the training objects; see refdet.data.synthetic).
+    synthetic_val_scenes: int = 0
     # Stage 1 only: false trains a plain class-agnostic detector on frames drawn from every
     # training video (no references, no fusion), batch_size frames per step.
     episodic: bool = True
@@ -243,6 +247,9 @@ class TrainConfig:
             (0 < self.device_share <= 1, "device_share", "must be in (0, 1]"),
             (0 < self.host_share <= 1, "host_share", "must be in (0, 1]"),
             (self.data.split in ("group", "video"), "data.split", "must be group or video"),
+            (self.data.synthetic_scenes >= 1, "data.synthetic_scenes", "must be >= 1"),
+            (self.data.synthetic_val_scenes >= 0 and (self.data.val_root or not self.data.synthetic_val_scenes),
+             "data.synthetic_val_scenes", "must be >= 0, and needs data.val_root (where the scenes are written)"),
             (self.data.episodic or self.stage == 1, "data.episodic",
              "false is for stage 1 only (stage 2 learns from references and CPE, on episodes)"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

@@ -60,3 +60,9 @@ def test_field_type_rejects_unknown_paths():
         field_type("optim.lrr")
     with pytest.raises(ConfigError, match="section"):
         field_type("optim")
+
+
+def test_synthetic_validation_scenes_need_a_val_root():
+    with pytest.raises(ConfigError, match="data.synthetic_val_scenes"):
+        TrainConfig.from_dict({"data": {"synthetic": True, "synthetic_val_scenes": 2}})
+

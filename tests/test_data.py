@@ -40,6 +40,10 @@ def test_synthetic_format_and_determinism(tmp_path):
     assert 2 <= v.num_intervals <= 5 and len(v.ref_paths) == 3
     # existing output is refused, not overwritten
     assert synthetic_main([str(tmp_path / "a")]) == 2
+    # new scenes of the same objects (a held-out validation set): ids continue the scene count
+    assert synthetic_main([str(tmp_path / "v"), "--videos", "2", "--frames", "12", "--scenes", "2",
+                           "--first-scene", "2", "--size", "64x48"]) == 0
+    assert sorted(v.video_id for v in load_dataset(tmp_path / "v").videos) == ["obj000_2", "obj000_3"]
 
 
 def test_index_flattens_intervals_and_dedups(tiny_dataset, tmp_path):
@@ -281,3 +285,19 @@ def test_batches_are_the_same_with_and_without_loader_workers(tiny_cfg):
             for k in b0:
                 assert torch.equal(b0[k], b1[k]), k
     assert not torch.equal(inline[0][0]["query"], inline[1][0]["query"])  # epochs differ
+
+
+def test_a_stale_synthetic_dataset_is_refused_not_used(tmp_path):
+    """A generated dataset records its recipe; a config asking for another one (a preset whose
+    synthetic settings changed) gets an error naming the folder, never the old data."""
+    from refdet.data.synthetic import STAMP, ensure_dataset
+
+    d = DataConfig(root=str(tmp_path / "syn"), val_root=str(tmp_path / "val"), synthetic=True, synthetic_videos=2,
+                   synthetic_frames=12, synthetic_size="64x48", synthetic_val_scenes=1)
+    assert ensure_dataset(d) is True and ensure_dataset(d) is False  # made once, then reused
+    assert sorted(v.video_id for v in load_dataset(d.val_root).videos) == ["obj000_2"]  # a new scene of obj000
+    with pytest.raises(DatasetError, match=r"syn.*object_scale.*delete"):
+        ensure_dataset(DataConfig(**{**d.__dict__, "synthetic_object_scale": 0.5}))
+    (tmp_path / "syn" / STAMP).unlink()
+    with pytest.raises(DatasetError, match=f"has no {STAMP}"):
+        ensure_dataset(d)

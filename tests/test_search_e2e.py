@@ -130,7 +130,7 @@ def test_console_says_what_happened_to_each_trial(search):
     assert "\r" not in text and "== Status ==" not in text and "Checkpoint successfully created" not in text
     assert "Warning" not in text and "WARNING" not in text, text
     assert lines[0].startswith("searching e2e: 6 trials, 1 at a time, at most 3 epochs each; train/loss (min)")
-    assert lines[2].endswith("driver.log")
+    assert lines[2].endswith("driver.log") and lines[3].startswith("  stage 2 from random weights")
     by_id = {t.user_attrs["ray_trial_id"]: t for t in journal(exp).get_trials()}  # the newest record of each
     for tid, t in by_id.items():
         mine = [ln for ln in lines if ln.startswith(f"trial {tid} ")]

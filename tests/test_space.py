@@ -185,6 +185,40 @@ def test_confirmation_and_tie_break_defaults(tmp_path):
         load_space(write(tmp_path, GOOD.replace("max_concurrent: 2,", "max_concurrent: 2, confirm_top: -1,"), name="c.yaml"))
 
 
+def test_a_search_says_where_stage2_starts(capsys, tmp_path):
+    """stage2.yaml as shipped names no weights: the console's header says once that stage 2
+    trains from random weights; a named file that does not exist, or made for another model,
+    is refused before Ray starts."""
+    from dataclasses import replace
+
+    from tune.console import start_line
+    from tune.launch import ExperimentError, check_start
+
+    spec = load_space("stage2")
+    check_start(spec, remote=False)
+    assert "stage 2 from random weights" in start_line(spec.base) and capsys.readouterr().out == ""
+    missing = replace(spec, base=spec.base.with_overrides({"checkpoint": str(tmp_path / "stage1.pt")}))
+    with pytest.raises(ExperimentError, match="checkpoint: .*stage1.pt not found"):
+        check_start(missing, remote=False)
+    check_start(missing, remote=True)  # on a cluster the file may live on the workers
+    assert "not on this machine" in capsys.readouterr().out
+    # a file that exists but was made for another model (width 0.125 in stage2's 0.25)
+    from conftest import foreign_checkpoint
+
+    foreign = replace(spec, base=spec.base.with_overrides({"checkpoint": str(foreign_checkpoint(tmp_path / "s1.pt"))}))
+    with pytest.raises(ExperimentError, match="base checkpoint: .*s1.pt: made for another model size"):
+        check_start(foreign, remote=False)
+    # one that fits: nothing to say
+    import torch
+
+    from refdet.model import build_model
+
+    torch.save({"model": build_model(spec.base.model).state_dict()}, tmp_path / "fits.pt")
+    fits = replace(spec, base=spec.base.with_overrides({"checkpoint": str(tmp_path / "fits.pt")}))
+    check_start(fits, remote=False)
+    assert start_line(fits.base).endswith("stage 2 from " + str(tmp_path / "fits.pt"))
+
+
 def test_dry_run_says_whether_the_dataset_exists(tmp_path, monkeypatch, capsys, tiny_dataset):
     """The check the search makes before anything is written, said by the dry run (exit 2 where
     the search would stop)."""

@@ -59,6 +59,12 @@ def test_cli_bad_input_exits_2(tmp_path, tiny_dataset):
     tiny_train_config(tiny_dataset, tmp_path / "out").to_yaml(tmp_path / "ok.yaml")
     r = run_cli("--config", str(tmp_path / "ok.yaml"), "--checkpoint", str(tmp_path / "nope.pt"))
     assert r.returncode == 2 and "nope.pt" in r.stderr
+    from conftest import (
+        foreign_checkpoint,  # a checkpoint of another model size (embed_dim 64, not 32)
+    )
+
+    r = run_cli("--config", str(tmp_path / "ok.yaml"), "--checkpoint", str(foreign_checkpoint(tmp_path / "big.pt")))
+    assert r.returncode == 2 and "another model size" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_health_stop_exits_3(tiny_dataset, tmp_path):

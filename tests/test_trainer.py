@@ -108,6 +108,20 @@ def test_non_episodic_stage1_trains_the_plain_detector(tiny_cfg, tmp_path):
         tiny_cfg(stage=2, **{"data.episodic": False})
 
 
+def test_a_checkpoint_of_another_model_is_refused(tiny_cfg, tmp_path):
+    """Initial weights that do not fit the model are an error naming the file, never a silent
+    start from random weights: another size (embed_dim 64 against the tiny config's 32) or
+    another network's names."""
+    from conftest import foreign_checkpoint
+
+    foreign = foreign_checkpoint(tmp_path / "big.pt")
+    with pytest.raises(CheckpointError, match=r"big.pt: made for another model size.*embed_dim': 64"):
+        Trainer(tiny_cfg(stage=2, checkpoint=str(foreign)))
+    torch.save({"model": {"model.0.conv.weight": torch.zeros(16, 3, 3, 3)}}, tmp_path / "yolo.pt")
+    with pytest.raises(CheckpointError, match="yolo.pt: not weights of this model"):
+        Trainer(tiny_cfg(stage=2, checkpoint=str(tmp_path / "yolo.pt")))
+
+
 @pytest.mark.parametrize("mode", [{}, {"stage": 1, "data.episodic": False}], ids=["episodic", "plain-stage1"])
 def test_resume_equals_straight_through(tiny_cfg, tmp_path, mode):
     cfg = tiny_cfg(epochs=2, steps_per_epoch=3, **mode)

@@ -72,9 +72,13 @@ def run_search(spec: SearchSpec, opts: SearchOptions) -> int:
     exp_local = local_root / spec.name if local_root else None
     if exp_local is not None:
         spec = check_experiment_folder(spec, exp_local, opts.resume)
-    if spec.base.data.synthetic and ensure_dataset(spec.base.data):  # once, here, not raced by the trials
-        print(f"generated the synthetic dataset at {spec.base.data.root}")
+    try:
+        if spec.base.data.synthetic and ensure_dataset(spec.base.data):  # once, here, not raced by the trials
+            print(f"generated the synthetic dataset at {spec.base.data.root}")
+    except DatasetError as exc:  # a stale generated dataset: never trained on silently
+        raise ExperimentError(str(exc)) from None
     check_data(spec, remote=bool(opts.address))  # before anything is written to results/
+    check_start(spec, remote=bool(opts.address))
     with ray_session(opts.address, log=exp_local / "driver.log" if exp_local is not None else None):
         check_schedulable(spec, remote=bool(opts.address))  # before anything is written to results/
         if exp_local is not None:
@@ -156,6 +160,39 @@ def check_data(spec: SearchSpec, remote: bool) -> None:
             load_dataset(root, min_refs=d.k_shot)
         except DatasetError as exc:
             raise ExperimentError(str(exc)) from None
+
+
+def check_start(spec: SearchSpec, remote: bool) -> None:
+    """The weights the trials start from: a named file must exist and fit the model (on a
+    cluster, a file missing here is a warning). The console's header says where stage 2
+    starts (tune/console.py start_line)."""
+    b = spec.base
+    for key, path in (("checkpoint", b.checkpoint), ("model.pretrained", b.model.pretrained)):
+        if path and not Path(path).is_file():
+            if not remote:
+                raise ExperimentError(f"{spec.path}: base {key}: {path} not found")
+            print(f"warning: {path} ({key}) is not on this machine; the trials will load it on their nodes")
+        elif path:
+            check_weights(spec, key, path)
+
+
+def check_weights(spec: SearchSpec, key: str, path: str) -> None:
+    """Load the file as a trial will (weights_only) into the base's model: a file made for
+    another model is an error before Ray starts, not a failed trial."""
+    from refdet.engine.checkpoint import CheckpointError, check_fits, load_checkpoint
+    from refdet.model import build_model
+    from refdet.model.pretrained import PretrainedError, load_pretrained
+
+    model = build_model(spec.base.model)
+    try:
+        if key == "checkpoint":
+            check_fits(load_checkpoint(path), model.state_dict(), path)
+        else:
+            load_pretrained(model, path)
+    except CheckpointError as exc:
+        raise ExperimentError(f"{spec.path}: base {key}: {exc}") from None
+    except PretrainedError as exc:  # its message names model.pretrained and the file
+        raise ExperimentError(f"{spec.path}: base {exc}") from None
 
 
 def write_space(spec: SearchSpec, path: Path) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+STAMP = "synthetic.json"  # the recipe a generated dataset was made with
+GENERATOR_VERSION = 2  # bump when the same recipe would draw different videos
 SHAPES = ("ellipse", "rect", "triangle", "star", "diamond", "cross")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 
@@ -191,10 +193,13 @@ def write_video(out: Path, vid: str, frames: int, size: tuple[int, int], target:
 
 
 def generate(out: str | os.PathLike, videos: int = 8, frames: int = 120, size: tuple[int, int] = (320, 180),
-             seed: int = 0, pairs: bool = True, object_scale: float = 0.3) -> Path:
+             seed: int = 0, scenes: int = 2, object_scale: float = 0.3, first_scene: int = 0) -> Path:
     """Write the dataset to `out` atomically (built in a temp folder beside it, then renamed).
-    With `pairs`, videos come as `<cat>_0`/`<cat>_1` pairs showing the same object identity
-    in different scenes (like the real data)."""
+    Videos come in groups of `scenes` (`<cat>_0`, `<cat>_1`, ...: the same object identity in
+    different scenes, like the real data's pairs). An object's identity depends on (seed, cat)
+    only and a scene on (seed, cat, k): a dataset made with `first_scene` = 2 shows the same
+    objects as one made with the default, in scenes that one does not have (a held-out
+    validation set of seen objects)."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists")
@@ -203,13 +208,14 @@ def generate(out: str | os.PathLike, videos: int = 8, frames: int = 120, size: t
     try:
         entries = []
         for i in range(videos):
-            cat, k = (i // 2, i % 2) if pairs else (i, 0)
+            cat, k = i // scenes, first_scene + i % scenes
             # The object's identity comes from the category's stream, the scene from the video's.
             target = make_sprite(np.random.default_rng([seed, cat]))
             scene = np.random.default_rng([seed, cat, k, 1])
             entries.append(write_video(tmp, f"obj{cat:03d}_{k}", frames, size, target, scene, object_scale))
         (tmp / "annotations").mkdir()
         (tmp / "annotations" / "annotations.json").write_text(json.dumps(entries))
+        (tmp / STAMP).write_text(json.dumps(recipe(videos, frames, size, seed, scenes, object_scale, first_scene)))
         try:
             os.replace(tmp, out)
         except OSError:
@@ -222,14 +228,50 @@ def generate(out: str | os.PathLike, videos: int = 8, frames: int = 120, size: t
 
 
 def ensure_dataset(data) -> bool:
-    """Generate the synthetic dataset a `DataConfig` with `synthetic: true` names, if missing.
-    Safe when several processes call it at once. Returns True if this call wrote it."""
-    if not data.synthetic or Path(data.root).exists():
+    """Generate the synthetic dataset a `DataConfig` with `synthetic: true` names, if missing:
+    `root` (objects in `synthetic_scenes` scenes each) and, with `synthetic_val_scenes`,
+    `val_root` (the same objects in that many new scenes). Safe when several processes call it
+    at once. Returns True if this call wrote either."""
+    if not data.synthetic:
+        return False
+    size, scenes = parse_size(data.synthetic_size), data.synthetic_scenes
+    wrote = _generate_once(data.root, data.synthetic_videos, data.synthetic_frames, size, data.synthetic_object_scale,
+                           scenes=scenes)
+    if data.synthetic_val_scenes and data.val_root:
+        objects = -(-data.synthetic_videos // scenes)
+        wrote |= _generate_once(data.val_root, objects * data.synthetic_val_scenes, data.synthetic_frames, size,
+                                data.synthetic_object_scale, scenes=data.synthetic_val_scenes, first_scene=scenes)
+    return wrote
+
+
+def recipe(videos: int, frames: int, size: tuple[int, int], seed: int, scenes: int, object_scale: float,
+           first_scene: int) -> dict:
+    """What a generated dataset was made with (written to <root>/synthetic.json)."""
+    return {"generator": GENERATOR_VERSION, "videos": videos, "frames": frames, "size": list(size), "seed": seed,
+            "scenes": scenes, "object_scale": object_scale, "first_scene": first_scene}
+
+
+def _generate_once(root: str, videos: int, frames: int, size: tuple[int, int], object_scale: float,
+                   scenes: int = 2, first_scene: int = 0) -> bool:
+    """Generate `root` unless it exists; an existing one must have been made with this recipe
+    (a preset whose synthetic settings changed must not train on the old data silently)."""
+    if Path(root).exists():
+        want = recipe(videos, frames, size, 0, scenes, object_scale, first_scene)
+        try:
+            have = json.loads((Path(root) / STAMP).read_text())
+        except (OSError, ValueError):
+            have = None
+        if have != want:
+            from refdet.data.aeroeyes import DatasetError
+
+            made = f"made with {have}" if have else f"has no {STAMP} (made by an older version, or not generated)"
+            raise DatasetError(Path(root), [f"the synthetic dataset here {made}; the config asks for {want}: "
+                                            f"delete {root} to generate it again, or point data.root/val_root elsewhere"])
         return False
     try:
-        generate(data.root, data.synthetic_videos, data.synthetic_frames, parse_size(data.synthetic_size),
-                 seed=0, object_scale=data.synthetic_object_scale)
-    except FileExistsError:
+        generate(root, videos, frames, size, seed=0, scenes=scenes, object_scale=object_scale,
+                 first_scene=first_scene)
+    except FileExistsError:  # another process finished it first
         return False
     return True
 
@@ -251,14 +293,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--size", type=parse_size, default=(320, 180), help="WxH (default 320x180)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", type=int, default=2, help="videos per object (default 2: <cat>_0, <cat>_1)")
+    ap.add_argument("--first-scene", type=int, default=0,
+                    help="number of the first scene: 2 makes new scenes of the objects a default run makes")
     ap.add_argument("--object-scale", type=float, default=0.3,
                     help="nominal object size as a fraction of the frame height (default 0.3)")
     args = ap.parse_args(argv)
-    if args.videos < 2 or args.frames < 12 or not 0.05 <= args.object_scale <= 0.9:
-        print("error: --videos must be >= 2, --frames >= 12, --object-scale in [0.05, 0.9]", file=sys.stderr)
+    if (args.videos < 2 or args.frames < 12 or not 0.05 <= args.object_scale <= 0.9 or args.scenes < 1
+            or args.first_scene < 0):
+        print("error: --videos must be >= 2, --frames >= 12, --object-scale in [0.05, 0.9], --scenes >= 1, "
+              "--first-scene >= 0", file=sys.stderr)
         return 2
     try:
-        out = generate(args.out, args.videos, args.frames, args.size, args.seed, object_scale=args.object_scale)
+        out = generate(args.out, args.videos, args.frames, args.size, args.seed, scenes=args.scenes,
+                       object_scale=args.object_scale, first_scene=args.first_scene)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

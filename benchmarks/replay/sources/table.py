@@ -72,9 +72,10 @@ class CurveTable:
             out.setdefault(r.config, []).append(r)
         return out
 
-    def run_value(self, run: Run, epochs: int | None = None) -> float:
+    def run_value(self, run: Run, epochs: int | None = None, rule: str = "best") -> float:
         """What the search would record for this run at full budget (or after its first
-        `epochs`): the best fresh metric over those epochs; a crashed run, or one health-stopped
+        `epochs`): the best fresh metric over those epochs (`rule` "last": the last fresh one;
+        "mean2": the mean of the last two fresh ones); a crashed run, or one health-stopped
         within them, scores the penalty (as confirm.py)."""
         n = run.epochs if epochs is None else min(epochs, run.epochs)
         if run.error is not None or (run.stop is not None and n >= run.epochs):
@@ -84,6 +85,10 @@ class CurveTable:
         vals = [v for v, f in zip(values, fresh) if f and _finite(v)]
         if not vals:
             return self.penalty
+        if rule == "last":
+            return float(vals[-1])
+        if rule == "mean2":
+            return float(sum(vals[-2:]) / len(vals[-2:]))
         return float(max(vals) if self.sign > 0 else min(vals))
 
     def config_value(self, config: int) -> float:

@@ -1,0 +1,125 @@
+"""Does a short trial rank configurations as a longer run would, and can its seeds tell them apart?
+
+    python benchmarks/rank_transfer.py SHORT.jsonl LONG.jsonl [--short-epochs E] [--rule best|last|mean2]
+    python benchmarks/rank_transfer.py LONG.jsonl LONG.jsonl --short-epochs 4   # trials as truncations
+
+Two curve tables (benchmarks/record_curves.py) of the same configurations and seeds: SHORT at
+the search's budget, LONG at a longer one (the issue's check: 4x the epochs). With
+`--short-epochs E`, SHORT's value is read after its first E epochs, so one table of long runs
+also answers for trials that are truncations of the long schedule. Per configuration with at
+least `--min-seeds` seeds in both: the mean value over seeds at each budget. Prints the pooled
+seed std at the short budget as a share of the best configuration's mean (the 5 % goal), the
+best mean, and the Spearman rank correlation of the two means over configurations, with a
+bootstrap interval (seeds resampled within each configuration, 2000 draws) and without the
+configurations that score the penalty at both budgets (ties that flatter the correlation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.curves import CurveError, CurveTable, read_table  # noqa: E402
+
+
+def seed_values(table: CurveTable, epochs: int | None, rule: str) -> dict[int, dict[int, float]]:
+    """config -> seed -> value."""
+    return {c: {r.seed: table.run_value(r, epochs, rule) for r in runs} for c, runs in table.configs().items()}
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(a, b).statistic
+    return float(rho) if np.isfinite(rho) else float("nan")
+
+
+def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule: str, min_seeds: int,
+             draws: int = 2000, seed: int = 0) -> dict:
+    sv, lv = seed_values(short, short_epochs, rule), seed_values(long, None, rule)
+    params_s, params_l = short.configs(), long.configs()
+    configs = [c for c in sorted(sv) if c in lv and params_s[c][0].params == params_l[c][0].params
+               and len(sv[c]) >= min_seeds and len(lv[c]) >= min_seeds]
+    if len(configs) < 3:
+        raise CurveError(f"{short.path} / {long.path}: only {len(configs)} configurations with >= {min_seeds} seeds in both")
+    s_mean = np.array([statistics.fmean(sv[c].values()) for c in configs])
+    l_mean = np.array([statistics.fmean(lv[c].values()) for c in configs])
+    pooled = statistics.fmean(statistics.variance(sv[c].values()) for c in configs) ** 0.5
+    pooled_long = statistics.fmean(statistics.variance(lv[c].values()) for c in configs) ** 0.5
+    best = float(s_mean.max() if short.sign > 0 else s_mean.min())
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(draws):
+        bs = [np.mean(rng.choice(list(sv[c].values()), len(sv[c]))) for c in configs]
+        bl = [np.mean(rng.choice(list(lv[c].values()), len(lv[c]))) for c in configs]
+        boot.append(spearman(bs, bl))
+    boot = np.array([b for b in boot if np.isfinite(b)])
+    keep = [i for i, c in enumerate(configs) if not (s_mean[i] == short.penalty and l_mean[i] == long.penalty)]
+    return {"configs": configs, "short_mean": s_mean.tolist(), "long_mean": l_mean.tolist(),
+            "short_sd": [statistics.stdev(sv[c].values()) for c in configs],
+            "long_sd": [statistics.stdev(lv[c].values()) for c in configs],
+            "params": [params_s[c][0].params for c in configs],
+            "seeds": min(min(len(sv[c]), len(lv[c])) for c in configs),
+            "pooled_seed_sd": pooled, "pooled_seed_sd_long": pooled_long, "best_mean": best,
+            "sd_share": pooled / abs(best) if best else float("inf"),
+            "best_long": float(l_mean.max() if long.sign > 0 else l_mean.min()),
+            "spearman": spearman(s_mean, l_mean),
+            "spearman_ci90": [float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))] if len(boot) else None,
+            "spearman_without_penalty_ties": spearman(s_mean[keep], l_mean[keep]) if len(keep) >= 3 else float("nan"),
+            "configs_at_penalty_both": len(configs) - len(keep)}
+
+
+def print_result(r: dict, short_label: str, long_label: str) -> None:
+    print(f"{len(r['configs'])} configurations x >= {r['seeds']} seeds; short = {short_label}, long = {long_label}")
+    print("| config | params | short mean (sd) | long mean (sd) |")
+    print("|---|---|---|---|")
+    order = np.argsort(r["short_mean"])[::-1]
+    for i in order:
+        p = ", ".join(f"{k.split('.')[-1]} {v:.3g}" for k, v in r["params"][i].items())
+        print(f"| {r['configs'][i]} | {p} | {r['short_mean'][i]:.3f} ({r['short_sd'][i]:.3f}) | "
+              f"{r['long_mean'][i]:.3f} ({r['long_sd'][i]:.3f}) |")
+    ci = r["spearman_ci90"]
+    print(f"pooled seed std (short) {r['pooled_seed_sd']:.4f} = {100 * r['sd_share']:.1f} % of the best mean "
+          f"{r['best_mean']:.3f}; long: seed std {r['pooled_seed_sd_long']:.4f}, best mean {r['best_long']:.3f}")
+    print(f"Spearman short vs long: {r['spearman']:.3f}" + (f" (90 % bootstrap {ci[0]:.2f} .. {ci[1]:.2f})" if ci else "")
+          + f"; without the {r['configs_at_penalty_both']} configs at the penalty in both: "
+          f"{r['spearman_without_penalty_ties']:.3f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("short", type=Path)
+    ap.add_argument("long", type=Path)
+    ap.add_argument("--short-epochs", type=int, default=None, help="read SHORT after this many epochs")
+    ap.add_argument("--rule", choices=("best", "last", "mean2"), default="best",
+                    help="a run's value: best fresh value, last, or mean of the last two (default best)")
+    ap.add_argument("--min-seeds", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.min_seeds < 2 or (args.short_epochs is not None and args.short_epochs < 1):
+        print("error: --min-seeds must be >= 2 and --short-epochs >= 1", file=sys.stderr)
+        return 2
+    try:
+        short, long = read_table(args.short), read_table(args.long)
+        r = transfer(short, long, args.short_epochs, args.rule, args.min_seeds)
+    except CurveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    e = args.short_epochs or short.max_t
+    print_result(r, f"{args.short.name} after {e} epochs ({args.rule})", f"{args.long.name} ({long.max_t} epochs)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(r, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
