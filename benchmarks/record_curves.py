@@ -50,6 +50,15 @@ def design(spec, n: int, seed: int) -> list[dict]:
     return points
 
 
+def existing_table(out: Path, option: str):
+    """The table an option extends, or None after saying why it cannot be read."""
+    try:
+        return read_table(out)
+    except CurveError as exc:
+        print(f"error: {option}: {exc}", file=sys.stderr)
+        return None
+
+
 def record_trainable(config: dict, spec=None, runs=None, points=None) -> None:
     """One recorded run: configuration `runs[i][0]` with seed `runs[i][1]`, to max_t."""
     from tune.trainable import confirm_trainable
@@ -128,10 +137,8 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "benchmarks" / "curves" / f"{spec.name}.jsonl"
     base_seed = spec.base.seed
     if args.top:
-        try:
-            table = read_table(out)
-        except CurveError as exc:
-            print(f"error: --top extends a table: {exc}", file=sys.stderr)
+        table = existing_table(out, "--top extends a table")
+        if table is None:
             return 2
         groups = table.configs()
         points = [groups[c][0].params for c in sorted(groups)]
@@ -145,10 +152,8 @@ def main(argv=None) -> int:
         runs += [(i, base_seed + s) for i in range(min(args.seeded, len(points))) for s in range(1, args.seeds)]
         header, previous = table_header(spec, args, base_seed), []
         if args.extend:  # record only what the table lacks (the design is deterministic: same first points)
-            try:
-                table = read_table(out)
-            except CurveError as exc:
-                print(f"error: --extend: {exc}", file=sys.stderr)
+            table = existing_table(out, "--extend")
+            if table is None:
                 return 2
             groups = table.configs()
             if any(c >= len(points) or groups[c][0].params != points[c] for c in groups):

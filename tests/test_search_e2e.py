@@ -348,3 +348,12 @@ def test_record_curves_writes_a_table_the_replay_reads(ray_local, tiny_dataset, 
     first = table.configs()[0][0]  # the initial point: lr 20, a detector dead within steps
     assert first.params["optim.lr"] == 20.0 and first.stop is not None and first.stop["step"] > 0
     assert table.run_value(first) == table.penalty
+    # --extend records only what the table lacks (config 1's second seed), keeping every run
+    args = ["--space", str(space), "--n", "3", "--seeds", "2", "--out", str(out), "--storage", str(tmp_path / "record")]
+    assert record_main([*args, "--seeded", "2", "--extend"]) == 0
+    table = read_table(out)
+    assert len(table.runs) == 5 and {r.seed for r in table.configs()[1]} == {0, 1}
+    assert "--seeded 2" in table.header["recorded"]["extended"]
+    # a table of another design is refused, nothing written
+    assert record_main([*args, "--seeded", "2", "--extend", "--design-seed", "7"]) == 2
+    assert record_main([*args, "--top", "1", "--extend"]) == 2 and len(read_table(out).runs) == 5
