@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refdet.io import atomic_write_text, fmt_number
-from tune.ranking import Choice, choose, explain, tie_value
+from tune.ranking import Choice, choose, explain, table_key, tie_value
 from tune.space import SearchSpec, SpaceError, load_space
 
 
@@ -357,14 +357,10 @@ def leaderboard_csv(report: Report) -> str:
     w = csv.writer(buf)
     keys = list(report.spec.params)
     w.writerow(["trial_id", *keys, "best_metric", "last_metric", "epochs", "time_s", "stop_reason"])
-    for r in sorted(report.rows, key=_rank_key(report.spec)):
+    for r in sorted(report.rows, key=table_key(report.spec)):
         w.writerow([r.trial_id, *[r.params.get(k) for k in keys], "" if r.best is None else f"{r.best:.6f}",
                     "" if r.last is None else f"{r.last:.6f}", r.epochs, f"{r.time_s:.1f}", r.reason])
     return buf.getvalue()
-
-
-def _rank_key(spec: SearchSpec):
-    return lambda r: (r.best is None, -spec.sign * (r.best or 0.0))
 
 
 def summary_md(report: Report) -> str:
@@ -402,7 +398,7 @@ def summary_md(report: Report) -> str:
         lines.append("")
     lines += ["## Leaderboard", "", "| trial | " + " | ".join(keys) + " | best | last | epochs | time s | stop |",
               "|" + "---|" * (len(keys) + 6)]
-    for r in sorted(rows, key=_rank_key(spec)):
+    for r in sorted(rows, key=table_key(spec)):
         vals = " | ".join(fmt_number(r.params.get(k)) for k in keys)
         best = "" if r.best is None else f"{r.best:.4f}"
         last = "" if r.last is None else f"{r.last:.4f}"
