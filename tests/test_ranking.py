@@ -99,3 +99,19 @@ def test_the_leaderboard_ranks_as_the_export_does(tmp_path):
     assert order == ["dddd0002", "dddd0003", "dddd0001", "dddd0004"]
     table = (exp / "summary.md").read_text().split("## Leaderboard", 1)[1]
     assert [table.index(t) for t in order] == sorted(table.index(t) for t in order)
+
+
+def test_trials_are_read_from_the_short_folder_names(tmp_path):
+    """Trial folders as tune.console.trial_dirname names them (<id>_<n>): a trial that raised
+    before its first report is named by its id, as the console and the journal name it, and
+    the rows come in start order (n), not in the order of the ids."""
+    from tune.results import collect_trials
+
+    exp, spec = experiment(tmp_path, {"ffff0001": [(0.1, 0.0), (0.1, 0.0)], "aaaa0002": [(0.0, 0.0), (0.0, 0.0)]})
+    raised = exp / "bbbb0003_3"
+    raised.mkdir()
+    (raised / "params.json").write_text(json.dumps({"optim.lr": 1e-3}))
+    (raised / "error.txt").write_text("Failure # 1 (occurred at 2026-12-03)\nValueError: boom\n")
+    rows = collect_trials(exp, spec)
+    assert [r.trial_id for r in rows] == ["ffff0001", "aaaa0002", "bbbb0003"]
+    assert rows[2].reason == "error"

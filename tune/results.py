@@ -93,12 +93,19 @@ def run_value(results: list[dict], spec: SearchSpec) -> tuple[float | None, str 
     return (spec.best_of(values) if values else None), None
 
 
-TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")
+TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")  # Ray's own: <trainable>_<id>_<n>_<params>_<date>
+SHORT_DIR = re.compile(r"^([0-9a-f]{8})_(\d+)$")  # tune.console.trial_dirname's: <id>_<n>
+
+
+def _dir_match(tdir: Path):
+    """(trial id, start number) from a trial folder's name, or None."""
+    m = TRIAL_DIR.search(tdir.name) or SHORT_DIR.match(tdir.name)
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 def start_order(tdir: Path) -> tuple[int, str]:
-    m = TRIAL_DIR.search(tdir.name)
-    return (int(m.group(2)), tdir.name) if m else (10**9, tdir.name)
+    m = _dir_match(tdir)
+    return (m[1], tdir.name) if m else (10**9, tdir.name)
 
 
 def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
@@ -111,8 +118,8 @@ def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
         except json.JSONDecodeError:
             continue
         results = read_results(tdir / "result.json")
-        m = TRIAL_DIR.search(tdir.name)
-        trial_id = results[-1].get("trial_id") if results else (m.group(1) if m else tdir.name)
+        m = _dir_match(tdir)
+        trial_id = results[-1].get("trial_id") if results else (m[0] if m else tdir.name)
         row = TrialRow(str(trial_id), {k: params.get(k) for k in spec.params})
         row.history = measured_values(results, spec.metric)
         if results:
