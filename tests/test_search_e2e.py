@@ -278,6 +278,13 @@ def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local, monke
     assert means[best_id] == min(means.values())
     seeds = {json.loads(p.read_text())["seed"] for p in (exp / "confirm").glob("*/params.json")}
     assert seeds == {1000, 1001}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in (exp / "confirm").glob("*/params.json"):  # a row each, but the search's columns stay
+        acc = EventAccumulator(str(run.parent))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        assert "_hparams_/session_start_info" in content and "_hparams_/experiment" not in content
     trials = sorted((exp / "confirm").glob("*/params.json"))
     # the same command again: the same configs and seeds are confirmed already, nothing re-runs
     assert report_main(["results/e2e", "--confirm-top", "2", "--seeds", "2", "--no-plots"]) == 0
