@@ -205,7 +205,8 @@ class SearchConsole(Callback):
         self._bar = None
         self._live = False  # a terminal: a redrawn bar; else the progress rides on the end lines
         self._best: dict[str, tuple[float, int]] = {}  # trial -> (best value, its epoch), healthy
-        self._counts = {"done": 0, "running": 0, "total": 0, "epoch": 0}
+        self._counts = {"done": 0, "running": 0, "total": 0, "epoch": 0, "before": 0}  # before: ended in an earlier run
+        self._seeded = False  # a resumed search: the trials that ended before it are counted once
         self._ended: set[str] = set()  # trials this console saw end (Tune marks them a moment later)
         self._names: dict[str, str] = {}  # trial -> how the best-so-far names it
         self._retrying: set[str] = set()  # failed trials Tune restarts: their failure line said so
@@ -227,6 +228,26 @@ class SearchConsole(Callback):
         self._counts["total"] = self.max_t if self.per_epoch else int(total_num_samples or num_samples or 0)
         for line in self.header:
             say(line)
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if not self._seeded:
+            self._seeded = True
+            self._seed(trials)
+
+    def _seed(self, trials: list) -> None:
+        """--resume: the trials that ended before it count as done (not in the time left), and
+        the healthy ones' best values count in the best so far (from Tune's record of each)."""
+        if self.per_epoch:
+            return
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        self._counts["before"] = len(ended)
+        pick = "max" if self.sign > 0 else "min"
+        for t in ended:
+            last = t.last_result or {}
+            value = (getattr(t, "metric_analysis", None) or {}).get(self.metric, {}).get(pick)
+            if t.status == "TERMINATED" and not last.get("health/fatal") and _finite(value):
+                self._best[t.trial_id] = (float(value), int(last.get("training_iteration", 0)))
+                self._names[t.trial_id] = self._label(t).removeprefix(self.what).strip()
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         c = self._counts
@@ -385,7 +406,8 @@ class SearchConsole(Callback):
         c = self._counts
         n = c["epoch"] if self.per_epoch else c["done"]
         elapsed = time.time() - self._t0
-        left = elapsed / n * (c["total"] - n) if n and c["total"] >= n else None
+        now = n - c["before"]  # ended in this run: the rate of this run
+        left = elapsed / now * (c["total"] - n) if now > 0 and c["total"] >= n else None
         fmt = tqdm.format_interval
         post = self._postfix()
         return f"{n}/{c['total']} {fmt(elapsed)}<{fmt(left) if left is not None else '?'}" + (f", {post}" if post else "")
