@@ -86,7 +86,8 @@ def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_data
                         initial_lr=2e-3, lr_high=1e-2)
     exp = tmp_path / "results" / "intr"
     proc = run_py("--space", str(space), "--storage", "results", "--num-samples", str(SAMPLES), cwd=tmp_path)
-    wait_for_rows(proc, exp)  # mid-trial: some epoch reported
+    # mid-trial, a trial ended before: the third (2 at a time) has reported an epoch
+    wait_for_rows(proc, exp, pattern="*_3/result.json")
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
@@ -116,6 +117,13 @@ def test_first_ctrl_c_leaves_a_resumable_search_and_resume_finishes_it(tiny_data
     with open(exp / "leaderboard.csv") as fh:
         board = list(csv.DictReader(fh))
     assert len(board) == SAMPLES and "running" not in {r["stop_reason"] for r in board}
+    # the resumed console's last progress counts the trials that ended before the Ctrl-C too:
+    # its best so far is the search's best, tied as often as the leaderboard says
+    results = [float(r["best_metric"]) for r in board if r["stop_reason"] in ("completed", "asha")]
+    top = max(results)
+    last = [x for x in (out + err).splitlines() if f"[{SAMPLES}/{SAMPLES} " in x][-1]
+    tied = sum(v == top for v in results)
+    assert f"best val/st_iou {top:.4f}" in last and ((f"({tied} tied)" in last) == (tied > 1)), (last, results)
     # finished: a config is exported, or -- trials tied exactly, nothing separating them -- the
     # summary says why none is (tune/ranking.py)
     assert (exp / "best_config.yaml").is_file() or "**No best config**" in (exp / "summary.md").read_text()

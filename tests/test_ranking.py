@@ -1,6 +1,7 @@
 """Which trial a search exports when trials tie (tune/ranking.py), through the real report on
 experiment folders written as Tune writes them (params.json, result.json)."""
 
+import csv
 import json
 from dataclasses import replace
 
@@ -78,3 +79,39 @@ def test_a_unique_best_needs_no_tie_break(tmp_path):
 ])
 def test_tie_value_reads_only_real_measurements(rows, metric, expected):
     assert tie_value(rows, metric) == expected
+
+
+def test_the_leaderboard_ranks_as_the_export_does(tmp_path):
+    """Exact ties in leaderboard.csv and summary.md are ordered by the tie-break signal, and a
+    trial a health rule stopped (its earlier epochs tied at the top) ranks below every result:
+    the table's first row is the exported trial."""
+    exp, spec = experiment(tmp_path, {"dddd0001": [(0.0, 0.01), (0.0, 0.01)], "dddd0002": [(0.0, 0.02), (0.0, 0.05)],
+                                      "dddd0003": [(0.0, 0.0), (0.0, 0.03)], "dddd0004": [(0.0, 0.09), (0.0, 0.09)]})
+    fatal = exp / "dddd0004_4" / "result.json"
+    rows = [json.loads(x) for x in fatal.read_text().splitlines()]
+    rows[-1].update({"health/fatal": 1.0, "health/stop_reason": "nonfinite", "health/rule": "nonfinite",
+                     "health/verdict": "nonfinite: loss=nan", "health/step": 7.0})
+    fatal.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = write_report(exp, spec, plots=False)
+    assert report.best.trial_id == "dddd0002"
+    with open(exp / "leaderboard.csv") as fh:
+        order = [r["trial_id"] for r in csv.DictReader(fh)]
+    assert order == ["dddd0002", "dddd0003", "dddd0001", "dddd0004"]
+    table = (exp / "summary.md").read_text().split("## Leaderboard", 1)[1]
+    assert [table.index(t) for t in order] == sorted(table.index(t) for t in order)
+
+
+def test_trials_are_read_from_the_short_folder_names(tmp_path):
+    """Trial folders as tune.console.trial_dirname names them (<id>_<n>): a trial that raised
+    before its first report is named by its id, as the console and the journal name it, and
+    the rows come in start order (n), not in the order of the ids."""
+    from tune.results import collect_trials
+
+    exp, spec = experiment(tmp_path, {"ffff0001": [(0.1, 0.0), (0.1, 0.0)], "aaaa0002": [(0.0, 0.0), (0.0, 0.0)]})
+    raised = exp / "bbbb0003_3"
+    raised.mkdir()
+    (raised / "params.json").write_text(json.dumps({"optim.lr": 1e-3}))
+    (raised / "error.txt").write_text("Failure # 1 (occurred at 2026-12-03)\nValueError: boom\n")
+    rows = collect_trials(exp, spec)
+    assert [r.trial_id for r in rows] == ["ffff0001", "aaaa0002", "bbbb0003"]
+    assert rows[2].reason == "error"

@@ -278,6 +278,13 @@ def test_confirm_top_reruns_best_configs_with_new_seeds(search, ray_local, monke
     assert means[best_id] == min(means.values())
     seeds = {json.loads(p.read_text())["seed"] for p in (exp / "confirm").glob("*/params.json")}
     assert seeds == {1000, 1001}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in (exp / "confirm").glob("*/params.json"):  # a row each, but the search's columns stay
+        acc = EventAccumulator(str(run.parent))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        assert "_hparams_/session_start_info" in content and "_hparams_/experiment" not in content
     trials = sorted((exp / "confirm").glob("*/params.json"))
     # the same command again: the same configs and seeds are confirmed already, nothing re-runs
     assert report_main(["results/e2e", "--confirm-top", "2", "--seeds", "2", "--no-plots"]) == 0
@@ -325,6 +332,35 @@ def test_an_out_of_memory_model_build_is_infeasible_oom_and_never_retried(ray_lo
     study = optuna.load_study(study_name="oom", storage=JournalStorage(JournalFileBackend(str(exp / "optuna.log"))))
     assert all(t.state == TrialState.COMPLETE and t.constraints == {"health": 1.0}
                and t.user_attrs["stop_reason"] == "oom" for t in study.get_trials())
+
+
+def test_a_trial_that_raises_is_said_once_with_where_it_restarts(ray_local, tiny_dataset, tmp_path, capsys):
+    """Every trial raises at build (a pretrained file of the wrong shapes: only building the
+    model finds it), each is retried once: one start line per trial, the retry says it restarts
+    from the start (no checkpoint yet), and the error's text is said once -- the repeats name
+    the run that said it first."""
+    import torch
+
+    from tune.run import main
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model.0.conv.weight": torch.zeros(1, 1, 1, 1)}, bad)
+    space = write_space(tmp_path, tiny_dataset, "raises", num_samples=2, max_concurrent=1, initial_lr=2e-3,
+                        lr_high=1e-2)
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--max-failures", "1",
+               "--set", f"model.pretrained={bad}"])
+    said = capsys.readouterr()
+    lines = (said.out + said.err).splitlines()
+    rows = leaderboard(tmp_path / "results" / "raises")
+    assert rc == 0 and [r["stop_reason"] for r in rows] == ["error", "error"], said
+    for r in rows:
+        mine = [ln for ln in lines if ln.startswith(f"trial {r['trial_id']} ")]
+        assert sum(" started: " in ln for ln in mine) == 1, mine
+        retry = [ln for ln in mine if "failed (1 of 1 retries): " in ln]
+        assert len(retry) == 1 and retry[0].endswith("; retrying from the start (no checkpoint yet)"), mine
+        assert sum(" errored after 2 failure(s): " in ln for ln in mine) == 1, mine
+    assert sum("first mismatching key" in ln for ln in lines) == 1, lines
+    assert sum("the same error " in ln for ln in lines) == 3, lines
 
 
 def test_record_curves_writes_a_table_the_replay_reads(ray_local, tiny_dataset, tmp_path):

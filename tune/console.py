@@ -205,9 +205,12 @@ class SearchConsole(Callback):
         self._bar = None
         self._live = False  # a terminal: a redrawn bar; else the progress rides on the end lines
         self._best: dict[str, tuple[float, int]] = {}  # trial -> (best value, its epoch), healthy
-        self._counts = {"done": 0, "running": 0, "total": 0, "epoch": 0}
+        self._counts = {"done": 0, "running": 0, "total": 0, "epoch": 0, "before": 0}  # before: ended in an earlier run
+        self._seeded = False  # a resumed search: the trials that ended before it are counted once
         self._ended: set[str] = set()  # trials this console saw end (Tune marks them a moment later)
         self._names: dict[str, str] = {}  # trial -> how the best-so-far names it
+        self._retrying: set[str] = set()  # failed trials Tune restarts: their failure line said so
+        self._errors: dict[str, str] = {}  # an error's text -> the run that said it first
         self._t0 = self._last_draw = 0.0
 
     def __getstate__(self):  # the arguments only: the rest is one run's
@@ -226,6 +229,26 @@ class SearchConsole(Callback):
         for line in self.header:
             say(line)
 
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if not self._seeded:
+            self._seeded = True
+            self._seed(trials)
+
+    def _seed(self, trials: list) -> None:
+        """--resume: the trials that ended before it count as done (not in the time left), and
+        the healthy ones' best values count in the best so far (from Tune's record of each)."""
+        if self.per_epoch:
+            return
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        self._counts["before"] = len(ended)
+        pick = "max" if self.sign > 0 else "min"
+        for t in ended:
+            last = t.last_result or {}
+            value = (getattr(t, "metric_analysis", None) or {}).get(self.metric, {}).get(pick)
+            if t.status == "TERMINATED" and not last.get("health/fatal") and _finite(value):
+                self._best[t.trial_id] = (float(value), int(last.get("training_iteration", 0)))
+                self._names[t.trial_id] = self._label(t).removeprefix(self.what).strip()
+
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         c = self._counts
         c["done"] = len(self._ended | {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")})
@@ -236,6 +259,9 @@ class SearchConsole(Callback):
             self._draw()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        if trial.trial_id in self._retrying:  # a retry: its failure line said where it restarts
+            self._retrying.discard(trial.trial_id)
+            return
         epoch = int((trial.last_result or {}).get("training_iteration", 0))
         params = {k: trial.config[k] for k in self.param_keys if k in trial.config}
         what = f"resumed at epoch {epoch}" if epoch else "started"
@@ -268,14 +294,27 @@ class SearchConsole(Callback):
             self._end_line(trial, line)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self._retrying.add(trial.trial_id)
+        epoch = _checkpoint_epoch(trial)
+        where = f"from its checkpoint of epoch {epoch}" if epoch else "from the start (no checkpoint yet)"
         say(f"{self._label(trial)} failed ({trial.num_failures} of {trial.max_failures} retries): "
-            f"{_error_text(trial)}; retrying from its last checkpoint", err=True)
+            f"{self._error(trial)}; retrying {where}", err=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._best.pop(trial.trial_id, None)
         where = f"; see {_rel(_error_path(trial))}" if trial.error_file else ""
         self._end_line(trial, f"{self._label(trial)} errored after {trial.num_failures} failure(s): "
-                       f"{_error_text(trial)}{where}", err=True)
+                       f"{self._error(trial)}{where}", err=True)
+
+    def _error(self, trial) -> str:
+        """The trial's error, said in full once: a repeat (a retry failing the same way, or a
+        mistake every trial makes) names the run that said it first."""
+        text, label = _error_text(trial), self._label(trial)
+        if text not in self._errors:
+            self._errors[text] = label
+            return text
+        first = self._errors[text]
+        return "the same error again" if first == label else f"the same error as {first}"
 
     def on_experiment_end(self, trials: list, **info) -> None:
         if self._bar is not None:
@@ -367,7 +406,8 @@ class SearchConsole(Callback):
         c = self._counts
         n = c["epoch"] if self.per_epoch else c["done"]
         elapsed = time.time() - self._t0
-        left = elapsed / n * (c["total"] - n) if n and c["total"] >= n else None
+        now = n - c["before"]  # ended in this run: the rate of this run
+        left = elapsed / now * (c["total"] - n) if now > 0 and c["total"] >= n else None
         fmt = tqdm.format_interval
         post = self._postfix()
         return f"{n}/{c['total']} {fmt(elapsed)}<{fmt(left) if left is not None else '?'}" + (f", {post}" if post else "")
@@ -392,6 +432,12 @@ def _rel(path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _checkpoint_epoch(trial) -> int:
+    """The epoch of the checkpoint a retried trial restarts from; 0: none yet (from the start)."""
+    latest = getattr(trial, "latest_checkpoint_result", None)
+    return int(((latest.metrics if latest is not None else None) or {}).get("training_iteration", 0))
 
 
 def _error_path(trial) -> Path:

@@ -86,6 +86,14 @@ def rank_key(spec):
     return key
 
 
+def table_key(spec):
+    """Sort key of the leaderboard (csv and summary.md): the results ranked as the export
+    ranks them (`rank_key`), so that its first row is the exported trial; then the trials
+    whose value is no result (a health stop's earlier epochs, an error); then those without one."""
+    by_rank = rank_key(spec)
+    return lambda r: (2, ()) if r.best is None else (0 if r.reason in RESULT_REASONS else 1, by_rank(r))
+
+
 def explain(choice: Choice, spec, what: str = "best trial") -> list[str]:
     """What the console and summary say about a tie (nothing when there was none)."""
     if not choice.tied:

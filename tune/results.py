@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refdet.io import atomic_write_text, fmt_number
-from tune.ranking import Choice, choose, explain, tie_value
+from tune.ranking import Choice, choose, explain, table_key, tie_value
 from tune.space import SearchSpec, SpaceError, load_space
 
 
@@ -93,12 +93,19 @@ def run_value(results: list[dict], spec: SearchSpec) -> tuple[float | None, str 
     return (spec.best_of(values) if values else None), None
 
 
-TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")
+TRIAL_DIR = re.compile(r"_([0-9a-f]{5,})_(\d+)_")  # Ray's own: <trainable>_<id>_<n>_<params>_<date>
+SHORT_DIR = re.compile(r"^([0-9a-f]{8})_(\d+)$")  # tune.console.trial_dirname's: <id>_<n>
+
+
+def _dir_match(tdir: Path):
+    """(trial id, start number) from a trial folder's name, or None."""
+    m = TRIAL_DIR.search(tdir.name) or SHORT_DIR.match(tdir.name)
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 def start_order(tdir: Path) -> tuple[int, str]:
-    m = TRIAL_DIR.search(tdir.name)
-    return (int(m.group(2)), tdir.name) if m else (10**9, tdir.name)
+    m = _dir_match(tdir)
+    return (m[1], tdir.name) if m else (10**9, tdir.name)
 
 
 def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
@@ -111,8 +118,8 @@ def collect_trials(exp: Path, spec: SearchSpec) -> list[TrialRow]:
         except json.JSONDecodeError:
             continue
         results = read_results(tdir / "result.json")
-        m = TRIAL_DIR.search(tdir.name)
-        trial_id = results[-1].get("trial_id") if results else (m.group(1) if m else tdir.name)
+        m = _dir_match(tdir)
+        trial_id = results[-1].get("trial_id") if results else (m[0] if m else tdir.name)
         row = TrialRow(str(trial_id), {k: params.get(k) for k in spec.params})
         row.history = measured_values(results, spec.metric)
         if results:
@@ -357,14 +364,10 @@ def leaderboard_csv(report: Report) -> str:
     w = csv.writer(buf)
     keys = list(report.spec.params)
     w.writerow(["trial_id", *keys, "best_metric", "last_metric", "epochs", "time_s", "stop_reason"])
-    for r in sorted(report.rows, key=_rank_key(report.spec)):
+    for r in sorted(report.rows, key=table_key(report.spec)):
         w.writerow([r.trial_id, *[r.params.get(k) for k in keys], "" if r.best is None else f"{r.best:.6f}",
                     "" if r.last is None else f"{r.last:.6f}", r.epochs, f"{r.time_s:.1f}", r.reason])
     return buf.getvalue()
-
-
-def _rank_key(spec: SearchSpec):
-    return lambda r: (r.best is None, -spec.sign * (r.best or 0.0))
 
 
 def summary_md(report: Report) -> str:
@@ -402,7 +405,7 @@ def summary_md(report: Report) -> str:
         lines.append("")
     lines += ["## Leaderboard", "", "| trial | " + " | ".join(keys) + " | best | last | epochs | time s | stop |",
               "|" + "---|" * (len(keys) + 6)]
-    for r in sorted(rows, key=_rank_key(spec)):
+    for r in sorted(rows, key=table_key(spec)):
         vals = " | ".join(fmt_number(r.params.get(k)) for k in keys)
         best = "" if r.best is None else f"{r.best:.4f}"
         last = "" if r.last is None else f"{r.last:.4f}"

@@ -86,7 +86,10 @@ class TrialTensorBoard(TBXLoggerCallback):
         hp["stop_reason"] = stop_reason(result, self._max_t, failed)
         hp["stop_step"] = int(result.get("health/step") or self._last_step.pop(trial, 0))
         exp, start, end = hparams(hp, dict.fromkeys(HPARAM_METRICS, 0.0))
-        for summary in ((experiment_summary(exp, hp) if self._experiment else exp), start, end):
+        # Only the search's runs carry an experiment record: TensorBoard takes the first one it
+        # finds for the whole table, and a confirmation's (candidate, seed) would replace the
+        # search's columns whenever its run is listed first.
+        for summary in ((experiment_summary(exp, hp), start, end) if self._experiment else (start, end)):
             w.file_writer.add_summary(summary)
         w.close()
 
