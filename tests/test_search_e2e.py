@@ -338,7 +338,7 @@ def test_a_trial_that_raises_is_said_once_with_where_it_restarts(ray_local, tiny
     """Every trial raises at build (its frame cache folder is a file: only a trial writes the
     cache), each is retried once: one start line per trial, the retry says it
     restarts from the start (no checkpoint yet), and the error's text is said once -- the
-    repeats name the run that said it first."""
+    repeats name the run that said it first. A search that measured nothing exits 1."""
     from tune.run import main
 
     space = write_space(tmp_path, tiny_dataset, "raises", num_samples=2, max_concurrent=1, initial_lr=2e-3,
@@ -349,7 +349,8 @@ def test_a_trial_that_raises_is_said_once_with_where_it_restarts(ray_local, tiny
     said = capsys.readouterr()
     lines = (said.out + said.err).splitlines()
     rows = leaderboard(tmp_path / "results" / "raises")
-    assert rc == 0 and [r["stop_reason"] for r in rows] == ["error", "error"], said
+    assert rc == 1 and [r["stop_reason"] for r in rows] == ["error", "error"], said
+    assert "error: every trial of search raises failed (2 of 2)" in said.err  # measured nothing: not a success
     for r in rows:
         mine = [ln for ln in lines if ln.startswith(f"trial {r['trial_id']} ")]
         assert sum(" started: " in ln for ln in mine) == 1, mine

@@ -29,7 +29,7 @@ from tune.space import SearchSpec
 from tune.tb import TrialTensorBoard
 from tune.trainable import refdet_trainable
 
-EXIT_OK, EXIT_INTERRUPTED = 0, 130
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 COLUMN_NAMES = SHORT_NAMES  # Ray's status table (driver.log) names the searched parameters as the console does
 
 
@@ -227,13 +227,16 @@ def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, 
             return interrupted(spec, exp_local, results.num_terminated + errors, opts)
         print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
         print(f"results in {storage}/{spec.name}; run `python tune/report.py` on a local copy for the report")
-        return EXIT_OK
+        return all_errored(spec, results, errors) or EXIT_OK
     # What the searcher told Optuna decides whether every trial ended: after a Ctrl-C, Tune
     # marks the trials it stops TERMINATED like finished ones.
     report = write_report(exp_local, spec, plots=False)
     if not report.complete:
         return interrupted(spec, exp_local, report.finished, opts)
     print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
+    if all_errored(spec, results, errors):
+        print(f"results: {exp_local} (each trial's error.txt says why)")
+        return EXIT_FAILED
     if opts.confirm_top and confirm_top(exp_local, spec, opts.confirm_top, opts.seeds, address=opts.address) is None:
         print(f"\ninterrupted while confirming the best configs (the search itself finished; no "
               f"best_config.yaml until the confirmation has); continue with: {opts.resume_command(spec.name)}",
@@ -247,6 +250,16 @@ def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, 
         print(f"final run: python -m refdet.train --config {exp_local / 'best_config.yaml'}")
     sys.stdout.flush()
     return EXIT_OK
+
+
+def all_errored(spec: SearchSpec, results, errors: int) -> int:
+    """A search whose every trial raised measured nothing: it ended, but it did not work, and a
+    script that runs it must not read exit 0 as success. Returns EXIT_FAILED (said) or 0."""
+    if errors == 0 or errors < len(results):
+        return 0
+    print(f"error: every trial of search {spec.name} failed ({errors} of {len(results)}): nothing was "
+          f"measured; the first error is above", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def interrupted(spec: SearchSpec, exp_local: Path | None, finished: int, opts: SearchOptions) -> int:
