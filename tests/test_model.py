@@ -79,6 +79,31 @@ def test_references_matter_and_get_gradients(tiny_model_cfg):
     assert all(p.grad is not None for p in model.fusion.parameters())
 
 
+def test_only_query_frames_update_the_shared_batchnorm_statistics(tiny_model_cfg):
+    """The references go through the query backbone in train mode (batch statistics, gradients)
+    but leave its running statistics to the query frames: after a conditioned forward they are
+    exactly those a forward of the query frames alone leaves; the references still matter."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg).train()
+    alone = copy.deepcopy(model)
+    q, refs, ri, _ = make_batch()
+    out = model(q, refs * 0.2 + 0.7, ri)  # bright references: statistics unlike the queries'
+    alone.neck(alone.backbone(q))
+
+    def stats(m):
+        return {k: v for part in ("backbone", "neck") for k, v in getattr(m, part).state_dict(prefix=part).items()
+                if "running_" in k}
+
+    before, after, expected = stats(build_model(tiny_model_cfg)), stats(model), stats(alone)
+    assert any(not torch.equal(before[k], after[k]) for k in after)  # the queries did update them
+    assert all(torch.equal(after[k], expected[k]) for k in after)
+    assert all(m.momentum == 0.03 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    out["cls_logits"].sum().backward()
+    assert model.backbone.stem[0].conv.weight.grad is not None
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("shape", [(64, 20), (256, 5)])
 def test_fusion_equals_the_concatenated_mix(channels_last, shape):
