@@ -63,6 +63,10 @@ def test_shipped_spaces_are_valid():
     (("metric: val/st_iou, mode: max", "metric: val/loss, mode: max"), "search.mode: val/loss is minimised"),
     (("metric: val/st_iou, mode: max", "metric: val/loss, mode: min, penalty: 0.0"), "search.penalty: 0 could be better"),
     (("mode: max,", "mode: max, penalty: 0.5,"), "search.penalty: 0.5 could be better"),
+    (("resources: {cpu: 1, gpu: 0.5}", "base_overrides: {device: cuda}\nresources: {cpu: 1, gpu: 0}"),
+     "device: cuda, but resources.gpu is 0"),
+    (("resources: {cpu: 1, gpu: 0.5}", "base_overrides: {device: 'cuda:1'}\nresources: {cpu: 1, gpu: 0.5}"),
+     "Ray chooses each trial's GPU"),
 ])
 def test_invalid_spaces_name_file_and_key(tmp_path, change, match):
     path = write(tmp_path, GOOD.replace(*change))
@@ -234,3 +238,19 @@ def test_dry_run_says_whether_the_dataset_exists(tmp_path, monkeypatch, capsys, 
                  "--set", f"data.val_root={tiny_dataset}"]) == 0
     assert f"data: {tiny_dataset}: 6 videos, valid" in capsys.readouterr().out
     assert not (tmp_path / "results").exists()
+
+
+def test_a_trial_runs_where_its_resources_put_it(tmp_path, capsys):
+    """`device: cuda` with no GPU for the trials is exit 2 from the command line too (it used to
+    train every trial on the CPU without a word); `device: cpu` keeps trials on the CPU even
+    where they hold a GPU; otherwise a trial takes CUDA when Ray gave it a GPU (auto)."""
+    from tune.run import main
+    from tune.trainable import build_trial_config
+
+    assert main(["--space", "smoke", "--set", "device=cuda", "--dry-run"]) == 2
+    assert "device: cuda, but resources.gpu is 0" in capsys.readouterr().err
+    spec = load_space(write(tmp_path, GOOD))
+    point = dict(spec.initial_points[0])
+    assert build_trial_config(spec, point).device == "auto"
+    on_cpu = spec.__class__(**{**spec.__dict__, "base": spec.base.with_overrides({"device": "cpu"})})
+    assert build_trial_config(on_cpu, point).device == "cpu"

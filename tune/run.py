@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from refdet.config import ConfigError, parse_set  # noqa: E402
-from tune.space import NOT_SEARCHABLE, SAFE_NAME, SpaceError, check_rungs_validated, load_space  # noqa: E402
+from tune.space import NOT_SEARCHABLE, SAFE_NAME, SpaceError, check_spec, load_space  # noqa: E402
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_RESULTS = Path("results")
@@ -155,7 +155,7 @@ def apply_cli(spec, args):
     if base_items:
         changes["base"] = override_base(spec, base_items, args.resume)
     spec = replace(spec, **changes) if changes else spec
-    check_rungs_validated(spec)
+    check_spec(spec)
     return spec
 
 

@@ -203,6 +203,24 @@ def asha_rungs(grace: int, reduction: int, max_t: int) -> list[int]:
     return sorted(grace * reduction**k for k in range(n))
 
 
+def check_spec(spec: SearchSpec) -> None:
+    """What a space and its command-line changes must agree on, checked after either."""
+    check_rungs_validated(spec)
+    check_device(spec)
+
+
+def check_device(spec: SearchSpec) -> None:
+    """A trial runs where its Ray resources put it (tune/trainable.py build_trial_config): a base
+    that asks for CUDA while the trials get no GPU would train on the CPU without saying so."""
+    device = spec.base.device
+    if device.startswith("cuda") and spec.gpu == 0:
+        raise SpaceError(f"{spec.path}: device: {device}, but resources.gpu is 0, so every trial would run on the "
+                         f"CPU: give the trials a GPU (resources.gpu: 1, or 0.5 to share one), or device: auto")
+    if device.startswith("cuda:"):
+        raise SpaceError(f"{spec.path}: device: {device}: Ray chooses each trial's GPU (resources.gpu); "
+                         f"use device: cuda or auto")
+
+
 def check_rungs_validated(spec: SearchSpec) -> None:
     """Only fresh validation values may reach ASHA: with val_interval > 1 every rung below
     max_t must be a validated epoch (the last epoch always is)."""
@@ -400,7 +418,7 @@ def load_space(name_or_path: str) -> SearchSpec:
     spec = SearchSpec(name, path.resolve(), base, params, metric, mode, num_samples, max_concurrent, seed,
                       tuple(initial), penalty, max_t, grace, reduction, cpu, gpu, final_epochs, tie_break, confirm_top,
                       confirm_seeds, max_failures, raw)
-    check_rungs_validated(spec)
+    check_spec(spec)
     return spec
 
 
