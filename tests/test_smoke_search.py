@@ -1,6 +1,6 @@
 """The README's main job, as a newcomer runs it: the shipped smoke space and preset from a
 fresh folder (the synthetic dataset generated on first use), two trials instead of six, the
-best one confirmed (not two) and, through --set, epochs of 20 steps instead of 80. What the full-length search reaches is
+best one confirmed (not two) and, through --set, epochs of 10 steps instead of 80. What the full-length search reaches is
 measured by benchmarks/bench_search.py (README "Measured here")."""
 
 import csv
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_smoke_search_runs_from_a_fresh_folder(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "smoke", "--num-samples", "2",
-                        "--confirm-top", "1", "--set", "steps_per_epoch=20", "--set", "data.val_frame_stride=6"],
+                        "--confirm-top", "1", "--set", "steps_per_epoch=10", "--set", "data.val_frame_stride=6"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "datasets" / "synthetic" / "annotations" / "annotations.json").is_file()  # generated
@@ -26,7 +26,7 @@ def test_smoke_search_runs_from_a_fresh_folder(tmp_path):
     assert len(rows) == 2
     # the original recommendation ran first
     assert any(float(row["optim.lr"]) == 1e-4 and float(row["optim.gradient_clip_norm"]) == 10.0 for row in rows)
-    # two short trials may tie exactly (ST-IoU and AP50 both 0.0 at 20 steps an epoch): then no
+    # two short trials may tie exactly (ST-IoU and AP50 both 0.0 at 10 steps an epoch): then no
     # config is exported and the console says why; either way the console and the folder agree
     exported = (exp / "best_config.yaml").is_file()
     best_line = any(line.startswith("best trial ") for line in r.stdout.splitlines())
@@ -34,15 +34,15 @@ def test_smoke_search_runs_from_a_fresh_folder(tmp_path):
     # the console shows the search; Ray's own status table goes to driver.log
     assert "trial " in r.stdout and " started: clip 10, dfl 0.75, warmup 3, lr 0.0001" in r.stdout
     assert "| Trial name" not in r.stdout and "| Trial name" in (exp / "driver.log").read_text()
-    assert "steps_per_epoch: 20" in (exp / "space.yaml").read_text()  # what --resume will continue with
+    assert "steps_per_epoch: 10" in (exp / "space.yaml").read_text()  # what --resume will continue with
 
 
 def test_hazard_space_shows_health_stops_end_to_end(tmp_path):
-    """search_spaces/hazard.yaml as shipped (4 of its 8 trials; epochs of 20 steps, not 40: its
+    """search_spaces/hazard.yaml as shipped (4 of its 8 trials; epochs of 12 steps, not 40: its
     stops come within 10 steps): real training explodes or exceeds the memory budget, and each
     such trial is stopped, reported and told infeasible."""
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "hazard", "--num-samples", "4",
-                        "--set", "steps_per_epoch=20"],
+                        "--set", "steps_per_epoch=12"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tmp_path / "results" / "hazard"

@@ -180,7 +180,7 @@ BLOWUP_STEPS = 40  # a real blow-up is stopped within this many steps, whatever 
 def test_verdicts_do_not_depend_on_the_clip(tiny_cfg, clip):
     """Healthy training gets no verdict at any clip (a clip of 0.5 means pre/post ratios of
     100+, which the old clip-ratio rule called an explosion); lr 20 is stopped at each."""
-    healthy = Trainer(tiny_cfg(**{"optim.lr": 2e-3, "optim.gradient_clip_norm": clip, "steps_per_epoch": 40,
+    healthy = Trainer(tiny_cfg(**{"optim.lr": 2e-3, "optim.gradient_clip_norm": clip, "steps_per_epoch": 30,
                                   "epochs": 1, "seed": 1}))
     result = next(healthy.fit())
     assert result.verdict is None, result.verdict.message
