@@ -127,7 +127,7 @@ class HealthConfig:
     loss_spike_factor: float = 2.0  # unweighted loss vs its own running median
     loss_spike_patience: int = 10  # consecutive steps: a small batch's loss is noisy step to step
     history_window: int = 50  # steps in the running medians
-    settle_steps: int = 20  # finite steps before the history and DFL rules apply (the same for every trial)
+    settle_steps: int = 20  # finite steps before the history rules (grad growth, loss spike) apply; the same for every trial
     dfl_max: float = 5.0  # unweighted DFL term
     dead_window: int = 20  # consecutive steps with ground truth but no detection loss: the detector is dead
     dead_loss_max: float = 1e-3  # box + class + DFL terms below this (learning runs: class term ~1)

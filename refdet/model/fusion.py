@@ -9,7 +9,7 @@ The mix is pointwise on purpose: the head's two 3x3 convs per branch already agg
 similarity over a 5x5 neighbourhood of the fused map. A 3x3 conv here (the first design)
 cost 1.4 of the 15.7 GFLOP of a 160 px smoke training step, more than the references'
 encoding; validation ST-IoU with and without it was the same within seed noise (three seeds
-each, measured here; README "Design").
+each, measured here; docs/design.md "Model, data, training").
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class ReferenceFusion(nn.Module):
         residual branch), so a detector trained without references (the non-episodic stage 1)
         enters stage 2 predicting exactly what it predicted; training opens the fusion from
         there. Not the default init: trained from scratch, stage 2 scored lower with it on every
-        seed tried (README "Design")."""
+        seed tried (docs/design.md "Model, data, training")."""
         for level in self.levels:
             level.mix.bn.weight.zero_()
             level.mix.bn.bias.zero_()
