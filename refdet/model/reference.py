@@ -40,7 +40,8 @@ class ReferenceEncoder(nn.Module):
 @contextmanager
 def running_stats_frozen(*modules: nn.Module):
     """BatchNorm layers of `modules` normalise with their batch's statistics as usual (in train
-    mode) but leave their running statistics as they were (momentum 0 for the duration).
+    mode) but leave their running statistics, and their batch count, as they were: for the
+    duration they do not track them (in train mode torch then passes no running buffers).
 
     The references share the query backbone; their crops (`data.ref_size` px, the object
     filling the frame) have other statistics than query frames. Updating the running
@@ -49,11 +50,11 @@ def running_stats_frozen(*modules: nn.Module):
     smoke model from a stage-1 start, with no weight update, dropped validation AP50 from
     0.28 to 0.20 and recall from 0.68 to 0.44; with the references kept out, 0.27 and 0.64."""
     norms = [m for part in modules for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
+    saved = [m.track_running_stats for m in norms]
     for m in norms:
-        m.momentum = 0.0
+        m.track_running_stats = False
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
+        for m, tracked in zip(norms, saved):
+            m.track_running_stats = tracked
