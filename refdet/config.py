@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -252,7 +253,7 @@ class TrainConfig:
              "data.synthetic_val_scenes", "must be >= 0, and needs data.val_root (where the scenes are written)"),
             (self.data.episodic or self.stage == 1, "data.episodic",
              "false is for stage 1 only (stage 2 learns from references and CPE, on episodes)"),
-            (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
              "device", "must be auto, cpu, cuda or cuda:N"),
         ]
         for ok, key, why in checks:

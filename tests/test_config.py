@@ -29,6 +29,8 @@ def test_search_parameters_live_in_config():
     ({"optim": {"lr": -1}}, "optim.lr: must be > 0"),
     ({"optim": {"lr": ".nan"}}, "optim.lr"),
     ({"data": {"img_size": 100}}, "data.img_size"),
+    ({"device": "cudaX"}, "device: must be auto, cpu, cuda or cuda:N"),  # was taken for cuda
+    ({"device": "cuda:"}, "device: must be"),
 ])
 def test_bad_values_name_the_key(data, match):
     with pytest.raises(ConfigError, match=match):

@@ -44,10 +44,11 @@ def test_hazard_space_shows_health_stops_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "hazard", "--num-samples", "4",
                         "--set", "steps_per_epoch=12"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tmp_path / "results" / "hazard"
     with open(exp / "leaderboard.csv") as fh:
         rows = list(csv.DictReader(fh))
+    results = [row for row in rows if row["stop_reason"] in ("completed", "asha")]
+    assert r.returncode == (0 if results else 1), r.stdout[-3000:] + r.stderr[-3000:]  # 1: nothing measured
     from refdet.engine.health import STOP_REASONS
 
     health = set(STOP_REASONS) - {"ok"}  # every reason a health rule can give, dead_detector included

@@ -76,13 +76,13 @@ def run_final(exp: Path, cfg: TrainConfig, args):
     from tune.console import final_console, say, trial_dirname
     from tune.session import ray_session, run_config
     from tune.tb import TrialTensorBoard
-    from tune.trainable import final_trainable
+    from tune.trainable import final_trainable, trial_device
 
     with ray_session(args.address, log=exp / "driver.log"):
         res = ray.cluster_resources()
-        gpu = 1 if res.get("GPU", 0) >= 1 else 0
+        gpu = 1 if res.get("GPU", 0) >= 1 and cfg.device != "cpu" else 0  # a config that says cpu holds no GPU
         cpu = args.cpus or max(1.0, min(8.0, res.get("CPU", 1)))
-        cfg = cfg.with_overrides({"device": "auto", "num_threads": int(cpu)}).resolve_paths()
+        cfg = cfg.with_overrides({"device": trial_device(cfg.device), "num_threads": int(cpu)}).resolve_paths()
         trainable = tune.with_resources(
             tune.with_parameters(final_trainable, cfg_dict=cfg.to_dict()), {"cpu": cpu, "gpu": gpu})
         final_dir = exp / "final"

@@ -227,16 +227,15 @@ def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, 
             return interrupted(spec, exp_local, results.num_terminated + errors, opts)
         print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
         print(f"results in {storage}/{spec.name}; run `python tune/report.py` on a local copy for the report")
-        return all_errored(spec, results, errors) or EXIT_OK
+        if errors == len(results):  # Ray's count is all there is here: every trial raised
+            return nothing_measured(spec, {"error": errors}, "run tune/report.py on a local copy for why")
+        return EXIT_OK
     # What the searcher told Optuna decides whether every trial ended: after a Ctrl-C, Tune
     # marks the trials it stops TERMINATED like finished ones.
     report = write_report(exp_local, spec, plots=False)
     if not report.complete:
         return interrupted(spec, exp_local, report.finished, opts)
     print(f"\nsearch {spec.name}: {len(results)} trials in {elapsed:.0f} s ({errors} errored)")
-    if all_errored(spec, results, errors):
-        print(f"results: {exp_local} (each trial's error.txt says why)")
-        return EXIT_FAILED
     if opts.confirm_top and confirm_top(exp_local, spec, opts.confirm_top, opts.seeds, address=opts.address) is None:
         print(f"\ninterrupted while confirming the best configs (the search itself finished; no "
               f"best_config.yaml until the confirmation has); continue with: {opts.resume_command(spec.name)}",
@@ -249,16 +248,20 @@ def finish(spec, results, exp_local: Path | None, storage: str, elapsed: float, 
     if report.exportable:
         print(f"final run: python -m refdet.train --config {exp_local / 'best_config.yaml'}")
     sys.stdout.flush()
+    if report.best is None and not report.choice.unresolved:
+        return nothing_measured(spec, report.counts(), f"see {exp_local / 'health_report.md'} and each trial's "
+                                                       f"error.txt")
     return EXIT_OK
 
 
-def all_errored(spec: SearchSpec, results, errors: int) -> int:
-    """A search whose every trial raised measured nothing: it ended, but it did not work, and a
-    script that runs it must not read exit 0 as success. Returns EXIT_FAILED (said) or 0."""
-    if errors == 0 or errors < len(results):
-        return 0
-    print(f"error: every trial of search {spec.name} failed ({errors} of {len(results)}): nothing was "
-          f"measured; the first error is above", file=sys.stderr)
+def nothing_measured(spec: SearchSpec, reasons: dict[str, int], where: str) -> int:
+    """A search that ended without one trial's result (every trial raised or was stopped by a
+    health rule) did not work, and a script that runs it must not read exit 0 as success:
+    EXIT_FAILED, said once. A search whose best trials tie exactly measured something and
+    exits 0 (its summary says what would separate them)."""
+    said = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+    print(f"error: no trial of search {spec.name} produced a result ({said}): nothing to export; {where}",
+          file=sys.stderr)
     return EXIT_FAILED
 
 

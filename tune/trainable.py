@@ -34,16 +34,20 @@ from refdet.engine.trainer import Trainer
 CKPT_NAME = "trainer.pt"
 
 
+def trial_device(device: str) -> str:
+    """Where a trial (or the final run) trains: "auto" -- CUDA when Ray gave it a GPU it can
+    see, the CPU otherwise (a simulated cluster's logical GPUs, or a GPU-less node), never a
+    crash for want of CUDA -- unless the config says `cpu`. `cuda` without a GPU is refused at
+    load (tune/space.py check_device)."""
+    return "cpu" if device == "cpu" else "auto"
+
+
 def build_trial_config(spec, params: dict) -> TrainConfig:
     cfg = spec.trial_config(params)
-    # "auto": CUDA when Ray gave the trial a GPU it can see, the CPU otherwise (a simulated
-    # cluster's logical GPUs, or a GPU-less node) -- never a crash for want of CUDA. A base
-    # `device: cpu` keeps the trials on the CPU; `cuda` without a GPU is refused at load
-    # (tune/space.py check_device).
     # device_share: the trial's CUDA memory budget is its share of the device.
     # host_share: its share of the node's host memory, the trial's packing fraction. Both
     # decide whether an out-of-memory error is the config's own (refdet.engine.device.judge_oom).
-    return cfg.with_overrides({"num_threads": cpu_threads(spec.cpu), "device": "cpu" if cfg.device == "cpu" else "auto",
+    return cfg.with_overrides({"num_threads": cpu_threads(spec.cpu), "device": trial_device(cfg.device),
                                "device_share": min(1.0, spec.gpu) if spec.gpu > 0 else 1.0,
                                "host_share": node_share(spec.cpu, spec.gpu)})
 
