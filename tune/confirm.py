@@ -19,7 +19,8 @@ from pathlib import Path
 from ray import tune
 
 from refdet.io import atomic_write_text
-from tune.console import confirm_console, say, trial_dirname
+from tune.console import confirm_console, trial_dirname
+from tune.output import say
 from tune.ranking import choose, rank_key
 from tune.results import ReportError, collect_trials, read_confirm, read_results, run_value
 from tune.session import ran_to_the_end, ray_session, run_config

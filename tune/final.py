@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from tune.console import set_verbose
+    from tune.output import set_verbose
     from tune.session import ran_to_the_end
 
     set_verbose(args.verbose)
@@ -73,7 +73,8 @@ def run_final(exp: Path, cfg: TrainConfig, args):
     import ray  # after the argument checks: a user's mistake does not wait for Ray
     from ray import tune
 
-    from tune.console import final_console, say, trial_dirname
+    from tune.console import final_console, trial_dirname
+    from tune.output import say
     from tune.session import ray_session, run_config
     from tune.tb import TrialTensorBoard
     from tune.trainable import final_trainable, trial_device

@@ -20,7 +20,8 @@ from refdet.data import DatasetError, load_dataset
 from refdet.data.synthetic import ensure_dataset
 from refdet.io import atomic_write_text
 from tune.confirm import confirm_top
-from tune.console import SHORT_NAMES, say, search_console, trial_dirname
+from tune.console import SHORT_NAMES, search_console, trial_dirname
+from tune.output import say
 from tune.results import write_report
 from tune.scheduler import build_scheduler
 from tune.searcher import build_searcher

@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(preview(spec))
         return dry_run_data(spec, remote=bool(args.address))
-    from tune.console import set_verbose
     from tune.launch import (  # imports Ray: after the input checks
         ExperimentError,
         SearchOptions,
         run_search,
     )
+    from tune.output import set_verbose
 
     set_verbose(args.verbose)
 

@@ -27,7 +27,8 @@ THREAD_TIMEOUT = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTIO
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from tune.console import SearchConsole, library_output  # noqa: E402
+from tune.console import SearchConsole  # noqa: E402
+from tune.output import library_output  # noqa: E402
 
 
 @contextmanager
@@ -35,7 +36,7 @@ def ray_session(address: str | None, log: Path | None = None) -> Iterator[None]:
     """Connect to `address`, or start a local Ray (no dashboard), and shut it down afterwards.
     A Ray already initialised in this process (a test's) is used and left running. While it
     lasts, what Ray and Optuna print goes to `log` (results/<name>/driver.log; written from
-    the moment its folder exists), not to the console (`tune.console.library_output`)."""
+    the moment its folder exists), not to the console (`tune.output.library_output`)."""
     with library_output(log):
         if ray.is_initialized():
             yield
