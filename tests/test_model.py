@@ -82,7 +82,7 @@ def test_references_matter_and_get_gradients(tiny_model_cfg):
 def test_only_query_frames_update_the_shared_batchnorm_statistics(tiny_model_cfg):
     """The references go through the query backbone in train mode (batch statistics, gradients)
     but leave its running statistics to the query frames: after a conditioned forward they are
-    exactly those a forward of the query frames alone leaves; the references still matter."""
+    exactly those a forward of the query frames alone leaves; the backbone still gets gradients."""
     import copy
 
     torch.manual_seed(0)
