@@ -62,7 +62,8 @@ def ensure_pool(cfg, pool: Path, scenes: int) -> Path:
         d = cfg.data
         objects = -(-d.synthetic_videos // d.synthetic_scenes)
         generate(pool, objects * scenes, d.synthetic_frames, parse_size(d.synthetic_size), seed=0, scenes=scenes,
-                 object_scale=d.synthetic_object_scale, first_scene=d.synthetic_scenes + d.synthetic_val_scenes)
+                 object_scale=d.synthetic_object_scale, first_scene=d.synthetic_scenes + d.synthetic_val_scenes,
+                 hard_negatives=d.synthetic_hard_negatives)
     return pool
 
 

@@ -24,6 +24,7 @@ import yaml
 from refdet.io import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
+PACKAGED = "preset:"  # a `checkpoint` value "preset:NAME" is the file NAME shipped beside the presets
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,9 @@ class DataConfig:
     # > 0: `val_root` is generated too, each object of `root` in this many new scenes (a
     # fixed validation set of held-out scenes of the training objects; see refdet.data.synthetic).
     synthetic_val_scenes: int = 0
+    # Probability that a synthetic distractor is another object of the dataset (in root and
+    # val_root alike): only the references then tell the target from the other objects.
+    synthetic_hard_negatives: float = 0.0
     # Stage 1 only: false trains a plain class-agnostic detector on frames drawn from every
     # training video (no references, no fusion), batch_size frames per step.
     episodic: bool = True
@@ -158,7 +162,7 @@ class TrainConfig:
     mixed_precision: bool = True  # AMP on CUDA; ignored on CPU
     amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16 + GradScaler) | bf16 | fp16
     num_threads: int = 0  # torch CPU threads; 0 = every CPU this process may use
-    checkpoint: str = ""  # initial weights (e.g. a stage-1 checkpoint)
+    checkpoint: str = ""  # initial weights (e.g. a stage-1 checkpoint); "preset:NAME": refdet/presets/NAME
     output_dir: str = "./checkpoints"
     conf_threshold: float = 0.25  # detection score threshold for ST-IoU / recall
     debug_mode: bool = False
@@ -167,6 +171,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
         cfg = _build(cls, data or {}, "")
+        if cfg.checkpoint.startswith(PACKAGED):  # a packaged file, wherever the package is installed
+            name = cfg.checkpoint[len(PACKAGED):]
+            if not name or Path(name).name != name or name in (".", ".."):
+                raise ConfigError(f"checkpoint: {cfg.checkpoint!r}: {PACKAGED}NAME is a file shipped beside the "
+                                  f"presets ({PRESET_DIR}), named without a folder")
+            cfg = replace(cfg, checkpoint=str(PRESET_DIR / name))
         cfg.validate()
         return cfg
 
@@ -251,6 +261,7 @@ class TrainConfig:
             (self.data.synthetic_scenes >= 1, "data.synthetic_scenes", "must be >= 1"),
             (self.data.synthetic_val_scenes >= 0 and (self.data.val_root or not self.data.synthetic_val_scenes),
              "data.synthetic_val_scenes", "must be >= 0, and needs data.val_root (where the scenes are written)"),
+            (0 <= self.data.synthetic_hard_negatives <= 1, "data.synthetic_hard_negatives", "must be in [0, 1]"),
             (self.data.episodic or self.stage == 1, "data.episodic",
              "false is for stage 1 only (stage 2 learns from references and CPE, on episodes)"),
             (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,

@@ -67,4 +67,29 @@ def test_field_type_rejects_unknown_paths():
 def test_synthetic_validation_scenes_need_a_val_root():
     with pytest.raises(ConfigError, match="data.synthetic_val_scenes"):
         TrainConfig.from_dict({"data": {"synthetic": True, "synthetic_val_scenes": 2}})
+    with pytest.raises(ConfigError, match="data.synthetic_hard_negatives"):
+        TrainConfig.from_dict({"data": {"synthetic_hard_negatives": 1.5}})
 
+
+
+def test_smoke_preset_starts_from_the_shipped_checkpoint():
+    """`preset:NAME` is the file beside the presets, wherever the package lives (a bare name
+    only); the shipped start fits the smoke model exactly and was trained on episodes, so its
+    reference fusion is loaded as trained (a non-episodic start would reset it)."""
+    import torch
+
+    from refdet.config import PRESET_DIR
+    from refdet.engine.checkpoint import load_checkpoint
+    from refdet.model import build_model
+
+    cfg = TrainConfig.preset("smoke")
+    assert cfg.checkpoint == str(PRESET_DIR / "smoke_stage1.pt") and cfg.stage == 2
+    state = load_checkpoint(cfg.checkpoint)
+    made = state["config"]
+    assert made["stage"] == 2 and made["data"]["episodic"] is True and made["model"] == cfg.to_dict()["model"]
+    assert made["data"]["synthetic_hard_negatives"] == cfg.data.synthetic_hard_negatives
+    build_model(cfg.model).load_state_dict(state["model"], strict=True)  # raises on any key or shape mismatch
+    assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+    for bad in ("preset:", "preset:../smoke.yaml", "preset:x/y.pt", "preset:.."):
+        with pytest.raises(ConfigError, match="named without a folder"):
+            TrainConfig.preset("smoke").with_overrides({"checkpoint": bad})

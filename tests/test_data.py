@@ -298,6 +298,27 @@ def test_a_stale_synthetic_dataset_is_refused_not_used(tmp_path):
     assert sorted(v.video_id for v in load_dataset(d.val_root).videos) == ["obj000_2"]  # a new scene of obj000
     with pytest.raises(DatasetError, match=r"syn.*object_scale.*delete"):
         ensure_dataset(DataConfig(**{**d.__dict__, "synthetic_object_scale": 0.5}))
+    with pytest.raises(DatasetError, match=r"syn.*hard_negatives.*delete"):
+        ensure_dataset(DataConfig(**{**d.__dict__, "synthetic_hard_negatives": 0.5}))
     (tmp_path / "syn" / STAMP).unlink()
     with pytest.raises(DatasetError, match=f"has no {STAMP}"):
         ensure_dataset(d)
+
+
+def test_hard_negatives_are_the_other_objects():
+    """With hard_negatives p a distractor is another object of the dataset with probability p
+    (the very sprite, so only the references tell it from that object's own videos); p = 0
+    draws exactly what the generator drew before the knob existed."""
+    from refdet.data.synthetic import _distractor, make_sprite
+
+    others = [make_sprite(np.random.default_rng([0, c])) for c in (1, 2)]
+    rng = np.random.default_rng(5)
+
+    def is_other(sprite):
+        return any(sprite is o for o in others)
+
+    assert all(is_other(_distractor(rng, others, 1.0)) for _ in range(20))
+    picks = sum(is_other(_distractor(rng, others, 0.5)) for _ in range(200))
+    assert 60 < picks < 140  # binomial(200, 0.5): outside this in < 1e-8 of seeds
+    assert np.array_equal(_distractor(np.random.default_rng(7), others, 0.0), make_sprite(np.random.default_rng(7)))
+    assert not is_other(_distractor(rng, [], 1.0))  # one object only: random sprites

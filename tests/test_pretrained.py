@@ -64,7 +64,7 @@ def test_train_cli_exits_2_on_a_wrong_pretrained_file(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not torch")
     r = subprocess.run([sys.executable, "-m", "refdet.train", "--config", "smoke", "--pretrained", str(tmp_path / "junk.pt"),
                         "--epochs", "1", "--steps_per_epoch", "1", "--output_dir", str(tmp_path / "out"), "--no-progress"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)  # the preset's data lands there
     assert r.returncode == 2 and "junk.pt" in r.stderr and "Traceback" not in r.stderr
 
 

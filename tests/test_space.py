@@ -18,6 +18,7 @@ def write(tmp_path, text, name="s.yaml"):
 GOOD = """
 name: t
 base: smoke
+base_overrides: {val_interval: 1}
 params:
   optim.gradient_clip_norm: {type: loguniform, low: 1.0, high: 100.0}
   loss.dfl_weight: {type: uniform, low: 0.25, high: 2.0}
@@ -42,7 +43,7 @@ def test_shipped_spaces_are_valid():
     assert s2.initial_points[0] == {"optim.gradient_clip_norm": 10.0, "loss.dfl_weight": 0.75,
                                     "optim.warmup_epochs": 3, "optim.lr": 1e-4}
     assert load_space("smoke").base == load_space("smoke").base.__class__.preset("smoke").with_overrides(
-        {"epochs": 4}).resolve_paths()
+        {"epochs": 6}).resolve_paths()
 
 
 @pytest.mark.parametrize("change, match", [
@@ -63,13 +64,16 @@ def test_shipped_spaces_are_valid():
     (("metric: val/st_iou, mode: max", "metric: val/loss, mode: max"), "search.mode: val/loss is minimised"),
     (("metric: val/st_iou, mode: max", "metric: val/loss, mode: min, penalty: 0.0"), "search.penalty: 0 could be better"),
     (("mode: max,", "mode: max, penalty: 0.5,"), "search.penalty: 0.5 could be better"),
-    (("resources: {cpu: 1, gpu: 0.5}", "base_overrides: {device: cuda}\nresources: {cpu: 1, gpu: 0}"),
-     "device: cuda, but resources.gpu is 0"),
-    (("resources: {cpu: 1, gpu: 0.5}", "base_overrides: {device: 'cuda:1'}\nresources: {cpu: 1, gpu: 0.5}"),
+    (("base_overrides: {val_interval: 1}\n", "base_overrides: {val_interval: 1, device: cuda}\n"),
+     "device: cuda, but resources.gpu is 0"),  # GOOD asks for gpu 0.5: see below
+    (("base_overrides: {val_interval: 1}\n", "base_overrides: {val_interval: 1, device: 'cuda:1'}\n"),
      "Ray chooses each trial's GPU"),
 ])
 def test_invalid_spaces_name_file_and_key(tmp_path, change, match):
-    path = write(tmp_path, GOOD.replace(*change))
+    text = GOOD.replace(*change)
+    if "resources.gpu is 0" in match:
+        text = text.replace("gpu: 0.5}", "gpu: 0}")
+    path = write(tmp_path, text)
     with pytest.raises(SpaceError, match=match) as info:
         load_space(path)
     assert path in str(info.value)
@@ -153,7 +157,7 @@ def test_rungs_must_fall_on_validated_epochs(tmp_path):
     from tune.space import asha_rungs
 
     assert asha_rungs(1, 2, 3) == [1, 2] and asha_rungs(4, 3, 20) == [4, 12] and asha_rungs(2, 2, 4) == [2, 4]
-    stale = GOOD.replace("base: smoke", "base: smoke\nbase_overrides: {val_interval: 2}")
+    stale = GOOD.replace("{val_interval: 1}", "{val_interval: 2}")
     with pytest.raises(SpaceError, match=r"rungs at epochs \[1\] are not validated with val_interval 2"):
         load_space(write(tmp_path, stale))
     fine = stale.replace("grace_period: 1", "grace_period: 2").replace("max_t: 3", "max_t: 4")
@@ -175,8 +179,10 @@ def test_confirmation_and_tie_break_defaults(tmp_path):
 
     smoke = load_space("smoke")
     assert smoke.tie_break == "val/ap50"
-    assert smoke.confirm_plan() == (2, 2)  # a small search confirms its best before exporting
-    assert replace(smoke, num_samples=17).confirm_plan() == (0, 2)  # a larger one does not, unless asked
+    assert smoke.confirm_plan() == (1, 2)  # said so in the file
+    unsaid = load_space(write(tmp_path, GOOD, name="u.yaml"))
+    assert unsaid.confirm_plan() == (2, 2)  # a small search confirms its best before exporting
+    assert replace(unsaid, num_samples=17).confirm_plan() == (0, 2)  # a larger one does not, unless asked
     assert load_space("hazard").confirm_plan() == (0, 2)  # said so in the file
     spec = load_space(write(tmp_path, GOOD.replace("max_concurrent: 2,", "max_concurrent: 2, confirm_top: 3, "
                                                    "confirm_seeds: 4,").replace("reduction_factor: 2}",

@@ -4,8 +4,10 @@
 
 Each video follows one textured object (its identity: a shape and a two-colour texture)
 moving over a textured, panning background, growing and shrinking, visible in 2-5 intervals.
-Every frame also shows 1-3 distractors of the same families of shapes and textures, so only
-the reference photos tell which object is meant. The three reference photos show the object
+Every frame also shows 1-3 distractors of the same families of shapes and textures; with
+`--hard-negatives P` each distractor is, with probability P, another object of the dataset
+(exactly as it looks in its own videos), so a detector that memorised the objects cannot tell
+the target without the reference photos. The three reference photos show the object
 rotated, rescaled and colour-shifted on plain backgrounds. Deterministic by seed.
 """
 
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 
 STAMP = "synthetic.json"  # the recipe a generated dataset was made with
-GENERATOR_VERSION = 2  # bump when the same recipe would draw different videos
+GENERATOR_VERSION = 3  # bump when the same recipe would draw different videos
 SHAPES = ("ellipse", "rect", "triangle", "star", "diamond", "cross")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 
@@ -129,12 +131,15 @@ def visible_intervals(rng: np.random.Generator, frames: int) -> list[tuple[int, 
 
 
 def write_video(out: Path, vid: str, frames: int, size: tuple[int, int], target: np.ndarray,
-                rng: np.random.Generator, object_scale: float = 0.3) -> dict:
-    """Writes one sample folder following `target` (a BGRA sprite); returns its annotation entry."""
+                rng: np.random.Generator, object_scale: float = 0.3, others: list[np.ndarray] = (),
+                hard_negatives: float = 0.0) -> dict:
+    """Writes one sample folder following `target` (a BGRA sprite); returns its annotation entry.
+    Each distractor is, with probability `hard_negatives`, one of `others` (the dataset's other
+    objects), else a random sprite."""
     w, h = size
     sample = out / "samples" / vid
     (sample / "object_images").mkdir(parents=True, exist_ok=True)
-    distractors = [make_sprite(rng) for _ in range(int(rng.integers(1, 4)))]
+    distractors = [_distractor(rng, others, hard_negatives) for _ in range(int(rng.integers(1, 4)))]
     bg = make_background(rng, w * 2, h * 2)
     pan0, pan1 = rng.uniform(0, [w, h], 2), rng.uniform(0, [w, h], 2)
     # Sprites are 48 px nominal; object_scale is their nominal size as a fraction of the frame
@@ -192,14 +197,23 @@ def write_video(out: Path, vid: str, frames: int, size: tuple[int, int], target:
         for run in runs]}
 
 
+def _distractor(rng: np.random.Generator, others: list[np.ndarray], hard_negatives: float) -> np.ndarray:
+    # No extra draw when hard_negatives is 0: such datasets draw the same videos as before the knob.
+    if hard_negatives > 0 and len(others) and rng.random() < hard_negatives:
+        return others[int(rng.integers(len(others)))]
+    return make_sprite(rng)
+
+
 def generate(out: str | os.PathLike, videos: int = 8, frames: int = 120, size: tuple[int, int] = (320, 180),
-             seed: int = 0, scenes: int = 2, object_scale: float = 0.3, first_scene: int = 0) -> Path:
+             seed: int = 0, scenes: int = 2, object_scale: float = 0.3, first_scene: int = 0,
+             hard_negatives: float = 0.0) -> Path:
     """Write the dataset to `out` atomically (built in a temp folder beside it, then renamed).
     Videos come in groups of `scenes` (`<cat>_0`, `<cat>_1`, ...: the same object identity in
     different scenes, like the real data's pairs). An object's identity depends on (seed, cat)
     only and a scene on (seed, cat, k): a dataset made with `first_scene` = 2 shows the same
     objects as one made with the default, in scenes that one does not have (a held-out
-    validation set of seen objects)."""
+    validation set of seen objects). `hard_negatives`: the probability that a distractor is
+    another object of the dataset (one of the other categories' targets)."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists")
@@ -207,15 +221,18 @@ def generate(out: str | os.PathLike, videos: int = 8, frames: int = 120, size: t
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         entries = []
+        # The object's identity comes from the category's stream, the scene from the video's.
+        objects = [make_sprite(np.random.default_rng([seed, cat])) for cat in range(-(-videos // scenes))]
         for i in range(videos):
             cat, k = i // scenes, first_scene + i % scenes
-            # The object's identity comes from the category's stream, the scene from the video's.
-            target = make_sprite(np.random.default_rng([seed, cat]))
             scene = np.random.default_rng([seed, cat, k, 1])
-            entries.append(write_video(tmp, f"obj{cat:03d}_{k}", frames, size, target, scene, object_scale))
+            others = objects[:cat] + objects[cat + 1:]
+            entries.append(write_video(tmp, f"obj{cat:03d}_{k}", frames, size, objects[cat], scene, object_scale,
+                                       others, hard_negatives))
         (tmp / "annotations").mkdir()
         (tmp / "annotations" / "annotations.json").write_text(json.dumps(entries))
-        (tmp / STAMP).write_text(json.dumps(recipe(videos, frames, size, seed, scenes, object_scale, first_scene)))
+        (tmp / STAMP).write_text(json.dumps(recipe(videos, frames, size, seed, scenes, object_scale, first_scene,
+                                                   hard_negatives)))
         try:
             os.replace(tmp, out)
         except OSError:
@@ -234,29 +251,31 @@ def ensure_dataset(data) -> bool:
     at once. Returns True if this call wrote either."""
     if not data.synthetic:
         return False
-    size, scenes = parse_size(data.synthetic_size), data.synthetic_scenes
+    size, scenes, hard = parse_size(data.synthetic_size), data.synthetic_scenes, data.synthetic_hard_negatives
     wrote = _generate_once(data.root, data.synthetic_videos, data.synthetic_frames, size, data.synthetic_object_scale,
-                           scenes=scenes)
+                           scenes=scenes, hard_negatives=hard)
     if data.synthetic_val_scenes and data.val_root:
         objects = -(-data.synthetic_videos // scenes)
         wrote |= _generate_once(data.val_root, objects * data.synthetic_val_scenes, data.synthetic_frames, size,
-                                data.synthetic_object_scale, scenes=data.synthetic_val_scenes, first_scene=scenes)
+                                data.synthetic_object_scale, scenes=data.synthetic_val_scenes, first_scene=scenes,
+                                hard_negatives=hard)
     return wrote
 
 
 def recipe(videos: int, frames: int, size: tuple[int, int], seed: int, scenes: int, object_scale: float,
-           first_scene: int) -> dict:
+           first_scene: int, hard_negatives: float = 0.0) -> dict:
     """What a generated dataset was made with (written to <root>/synthetic.json)."""
     return {"generator": GENERATOR_VERSION, "videos": videos, "frames": frames, "size": list(size), "seed": seed,
-            "scenes": scenes, "object_scale": object_scale, "first_scene": first_scene}
+            "scenes": scenes, "object_scale": object_scale, "first_scene": first_scene,
+            "hard_negatives": hard_negatives}
 
 
 def _generate_once(root: str, videos: int, frames: int, size: tuple[int, int], object_scale: float,
-                   scenes: int = 2, first_scene: int = 0) -> bool:
+                   scenes: int = 2, first_scene: int = 0, hard_negatives: float = 0.0) -> bool:
     """Generate `root` unless it exists; an existing one must have been made with this recipe
     (a preset whose synthetic settings changed must not train on the old data silently)."""
     if Path(root).exists():
-        want = recipe(videos, frames, size, 0, scenes, object_scale, first_scene)
+        want = recipe(videos, frames, size, 0, scenes, object_scale, first_scene, hard_negatives)
         try:
             have = json.loads((Path(root) / STAMP).read_text())
         except (OSError, ValueError):
@@ -270,7 +289,7 @@ def _generate_once(root: str, videos: int, frames: int, size: tuple[int, int], o
         return False
     try:
         generate(root, videos, frames, size, seed=0, scenes=scenes, object_scale=object_scale,
-                 first_scene=first_scene)
+                 first_scene=first_scene, hard_negatives=hard_negatives)
     except FileExistsError:  # another process finished it first
         return False
     return True
@@ -298,15 +317,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="number of the first scene: 2 makes new scenes of the objects a default run makes")
     ap.add_argument("--object-scale", type=float, default=0.3,
                     help="nominal object size as a fraction of the frame height (default 0.3)")
+    ap.add_argument("--hard-negatives", type=float, default=0.0, metavar="P",
+                    help="probability that a distractor is another object of the dataset (default 0)")
     args = ap.parse_args(argv)
     if (args.videos < 2 or args.frames < 12 or not 0.05 <= args.object_scale <= 0.9 or args.scenes < 1
-            or args.first_scene < 0):
+            or args.first_scene < 0 or not 0 <= args.hard_negatives <= 1):
         print("error: --videos must be >= 2, --frames >= 12, --object-scale in [0.05, 0.9], --scenes >= 1, "
-              "--first-scene >= 0", file=sys.stderr)
+              "--first-scene >= 0, --hard-negatives in [0, 1]", file=sys.stderr)
         return 2
     try:
         out = generate(args.out, args.videos, args.frames, args.size, args.seed, scenes=args.scenes,
-                       object_scale=args.object_scale, first_scene=args.first_scene)
+                       object_scale=args.object_scale, first_scene=args.first_scene,
+                       hard_negatives=args.hard_negatives)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
