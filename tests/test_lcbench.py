@@ -103,7 +103,7 @@ def test_lcbench_asha_settings_are_the_project_defaults(tmp_path):
     from tune.space import load_space
 
     space = tmp_path / "bare.yaml"
-    space.write_text("name: bare\nbase: smoke\nparams:\n  optim.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
+    space.write_text("name: bare\nbase: smoke\nbase_overrides: {val_interval: 1}\nparams:\n  optim.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
                      "search: {metric: val/st_iou, mode: max}\nscheduler: {type: asha, max_t: 4}\n")
     bare = load_space(str(space))
     spec = LCBenchSource("3945").spec(100, 2, 0)

@@ -14,6 +14,7 @@ from tune.space import load_space
 SPACE = """
 name: ties
 base: smoke
+base_overrides: {val_interval: 1}
 params:
   optim.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
 search: {metric: val/st_iou, mode: max, num_samples: 3, max_concurrent: 2, confirm_top: 0}

@@ -1,7 +1,7 @@
 """The README's main job, as a newcomer runs it: the shipped smoke space and preset from a
-fresh folder (the synthetic dataset generated on first use), two trials instead of six, the
-best one confirmed (not two) and, through --set, epochs of 10 steps instead of 80. What the
-full-length search reaches is measured by benchmarks/bench_search.py (benchmarks/README.md)."""
+fresh folder (the synthetic dataset generated on first use, stage 2 from the shipped start
+checkpoint), two trials instead of eight, the best one confirmed and, through --set, epochs of
+10 steps instead of 40. What the full-length search reaches is measured in benchmarks/README.md."""
 
 import csv
 import subprocess
