@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.curves import CurveError, CurveTable, read_table  # noqa: E402
+from benchmarks.replay.sources.table import CurveError, CurveTable, read_table  # noqa: E402
 
 
 def seed_values(table: CurveTable, epochs: int | None, rule: str) -> dict[int, dict[int, float]]:

@@ -33,3 +33,30 @@ def test_an_interaction_is_what_a_fixed_validation_set_adds():
     scores = [{f"v{j}": rng.random() for j in range(32)} for _ in range(4)]  # pure seed x video noise
     d = decompose(scores)
     assert d["interaction_sd"] > 0.2 and d["seed_sd_at"][4] > d["seed_sd_at"][32]
+
+
+def test_rank_transfer_reads_two_tables_and_says_what_a_short_trial_predicts(tmp_path):
+    """benchmarks/rank_transfer.py on tables whose answers are known: the long run ranks the
+    configurations as the short one does (Spearman 1) or the other way round (-1); the pooled
+    seed std and its share of the best mean are the arithmetic's."""
+    from benchmarks.rank_transfer import main, transfer
+    from benchmarks.replay.sources.table import Run, read_table, write_table
+
+    header = {"metric": "val/st_iou", "mode": "max", "max_t": 2, "params": ["optim.lr"]}
+
+    def table(name, values):  # config -> (seed 0, seed 1) values at the last epoch
+        runs = [Run(c, s, {"optim.lr": 1e-3 * (c + 1)}, {"time_s": [1.0, 1.0], "val/st_iou": [0.0, v],
+                                                        "val/fresh": [1.0, 1.0]})
+                for c, pair in enumerate(values) for s, v in enumerate(pair)]
+        write_table(tmp_path / name, header, runs)
+        return read_table(tmp_path / name)
+
+    short = table("short.jsonl", [(0.10, 0.12), (0.20, 0.22), (0.30, 0.32), (0.40, 0.42)])
+    same = table("same.jsonl", [(0.2, 0.2), (0.3, 0.3), (0.5, 0.5), (0.6, 0.6)])
+    reversed_ = table("rev.jsonl", [(0.6, 0.6), (0.5, 0.5), (0.3, 0.3), (0.2, 0.2)])
+    r = transfer(short, same, None, "last", 2, draws=50)
+    assert r["spearman"] == pytest.approx(1.0) and r["best_mean"] == pytest.approx(0.41)
+    assert r["pooled_seed_sd"] == pytest.approx(statistics.stdev([0.1, 0.12])) and r["sd_share"] == pytest.approx(
+        statistics.stdev([0.1, 0.12]) / 0.41)
+    assert transfer(short, reversed_, None, "last", 2, draws=50)["spearman"] == pytest.approx(-1.0)
+    assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "missing.jsonl")]) == 2  # named, no traceback
