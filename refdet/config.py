@@ -114,6 +114,10 @@ class OptimConfig:
     warmup_epochs: int = 3
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     gradient_clip_norm: float = 10.0
+    # The schedule's length in epochs (warmup + cosine); 0: the run's own `epochs`. A run of
+    # fewer epochs is a truncation of that schedule: the smoke search's trials are the first
+    # epochs of the run it exports (docs/design.md, "The embedded default").
+    schedule_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,8 @@ class TrainConfig:
             (self.optim.lr > 0, "optim.lr", "must be > 0"),
             (self.optim.gradient_clip_norm > 0, "optim.gradient_clip_norm", "must be > 0"),
             (self.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
+            (self.optim.schedule_epochs == 0 or self.optim.schedule_epochs >= self.epochs, "optim.schedule_epochs",
+             f"must be 0 (the run's epochs) or >= epochs ({self.epochs}): a run is at most its whole schedule"),
             (self.data.k_shot >= 1, "data.k_shot", "must be >= 1"),
             (self.data.n_way >= 1, "data.n_way", "must be >= 1"),
             (self.data.n_query >= 1, "data.n_query", "must be >= 1"),

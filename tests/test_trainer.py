@@ -56,6 +56,32 @@ def test_warmup_then_cosine():
     assert g(0) == pytest.approx(1.0)
 
 
+def test_a_run_shorter_than_its_schedule_is_that_schedules_truncation():
+    """optim.schedule_epochs: a 2-epoch run of a 8-epoch schedule steps through the first quarter
+    of the 8-epoch run's learning rates, not a cosine squeezed into 2 epochs; 0 means the run's
+    own length, and a schedule shorter than the run is refused."""
+    import torch
+
+    from refdet.config import OptimConfig, TrainConfig
+    from refdet.engine.optim import build_schedule
+
+    def lrs(o, epochs):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = build_schedule(opt, o, steps_per_epoch=5, epochs=epochs)
+        out = []
+        for _ in range(epochs * 5):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    full = lrs(OptimConfig(warmup_epochs=1), 8)
+    assert lrs(OptimConfig(warmup_epochs=1, schedule_epochs=8), 2) == pytest.approx(full[:10])
+    assert lrs(OptimConfig(warmup_epochs=1, schedule_epochs=0), 2)[-1] < full[9]  # its own, annealed
+    with pytest.raises(ConfigError, match="optim.schedule_epochs"):
+        TrainConfig().with_overrides({"epochs": 4, "optim.schedule_epochs": 3})
+
+
 def test_absurd_lr_is_stopped_within_the_step(tiny_cfg):
     cfg = tiny_cfg(**{"optim.lr": 1e6, "optim.gradient_clip_norm": 1e9, "steps_per_epoch": 30, "epochs": 3,
                       "health.patience": 2, "health.grad_norm_max": 1e3})

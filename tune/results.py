@@ -426,7 +426,8 @@ def write_best_config(report: Report) -> Path:
     spec, best = report.spec, report.best
     final_dir = report.exp / "final_train"  # python -m refdet.train writes here; tune/final.py uses final/
     cfg = spec.trial_config(best.params).with_overrides(
-        {"epochs": spec.final_epochs, "output_dir": str(final_dir), "device": "auto", "num_threads": 0})
+        {"epochs": spec.final_epochs, "optim.schedule_epochs": 0,  # the final run's schedule is its own
+         "output_dir": str(final_dir), "device": "auto", "num_threads": 0})
     path = report.exp / "best_config.yaml"
     header = (f"best_config.yaml of search '{spec.name}' ({report.exp})\n"
               f"trial {best.trial_id}: {spec.metric} = {best.best:.4f} (best over {best.epochs} epochs, {best.reason})\n"

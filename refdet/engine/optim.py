@@ -24,9 +24,10 @@ def build_optimizer(model: torch.nn.Module, o: OptimConfig, device: torch.device
 
 def build_schedule(optimizer: torch.optim.Optimizer, o: OptimConfig, steps_per_epoch: int,
                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over `warmup_epochs`, then cosine decay to lr x min_lr_ratio; per step."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(o.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch, o.min_lr_ratio))
+    """Linear warmup over `warmup_epochs`, then cosine decay to lr x min_lr_ratio at the end of
+    `schedule_epochs` (0: of the run's `epochs`); per step."""
+    total = (o.schedule_epochs or epochs) * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_epochs * steps_per_epoch, total, o.min_lr_ratio))
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
