@@ -42,6 +42,18 @@ def spearman(a, b) -> float:
     return float(rho) if np.isfinite(rho) else float("nan")
 
 
+def sd(values) -> float:
+    values = list(values)
+    return statistics.stdev(values) if len(values) >= 2 else float("nan")
+
+
+def pooled_sd(groups: list[dict]) -> float:
+    """The pooled seed std over configurations; nan where some configuration has one seed."""
+    if any(len(g) < 2 for g in groups):
+        return float("nan")
+    return statistics.fmean(statistics.variance(g.values()) for g in groups) ** 0.5
+
+
 def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule: str, min_seeds: int,
              draws: int = 2000, seed: int = 0) -> dict:
     sv, lv = seed_values(short, short_epochs, rule), seed_values(long, None, rule)
@@ -52,8 +64,7 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
         raise CurveError(f"{short.path} / {long.path}: only {len(configs)} configurations with >= {min_seeds} seeds in both")
     s_mean = np.array([statistics.fmean(sv[c].values()) for c in configs])
     l_mean = np.array([statistics.fmean(lv[c].values()) for c in configs])
-    pooled = statistics.fmean(statistics.variance(sv[c].values()) for c in configs) ** 0.5
-    pooled_long = statistics.fmean(statistics.variance(lv[c].values()) for c in configs) ** 0.5
+    pooled, pooled_long = pooled_sd([sv[c] for c in configs]), pooled_sd([lv[c] for c in configs])
     best = float(s_mean.max() if short.sign > 0 else s_mean.min())
     rng = np.random.default_rng(seed)
     boot = []
@@ -64,8 +75,8 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
     boot = np.array([b for b in boot if np.isfinite(b)])
     keep = [i for i, c in enumerate(configs) if not (s_mean[i] == short.penalty and l_mean[i] == long.penalty)]
     return {"configs": configs, "short_mean": s_mean.tolist(), "long_mean": l_mean.tolist(),
-            "short_sd": [statistics.stdev(sv[c].values()) for c in configs],
-            "long_sd": [statistics.stdev(lv[c].values()) for c in configs],
+            "short_sd": [sd(sv[c].values()) for c in configs],
+            "long_sd": [sd(lv[c].values()) for c in configs],
             "params": [params_s[c][0].params for c in configs],
             "seeds": min(min(len(sv[c]), len(lv[c])) for c in configs),
             "pooled_seed_sd": pooled, "pooled_seed_sd_long": pooled_long, "best_mean": best,
@@ -101,11 +112,12 @@ def main(argv=None) -> int:
     ap.add_argument("--short-epochs", type=int, default=None, help="read SHORT after this many epochs")
     ap.add_argument("--rule", choices=("best", "last", "mean2"), default="best",
                     help="a run's value: best fresh value, last, or mean of the last two (default best)")
-    ap.add_argument("--min-seeds", type=int, default=2)
+    ap.add_argument("--min-seeds", type=int, default=2,
+                    help="seeds a configuration needs in both tables (1: no seed std, the ranks only)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    if args.min_seeds < 2 or (args.short_epochs is not None and args.short_epochs < 1):
-        print("error: --min-seeds must be >= 2 and --short-epochs >= 1", file=sys.stderr)
+    if args.min_seeds < 1 or (args.short_epochs is not None and args.short_epochs < 1):
+        print("error: --min-seeds and --short-epochs must be >= 1", file=sys.stderr)
         return 2
     try:
         short, long = read_table(args.short), read_table(args.long)
