@@ -43,7 +43,7 @@ def test_shipped_spaces_are_valid():
     assert s2.initial_points[0] == {"optim.gradient_clip_norm": 10.0, "loss.dfl_weight": 0.75,
                                     "optim.warmup_epochs": 3, "optim.lr": 1e-4}
     assert load_space("smoke").base == load_space("smoke").base.__class__.preset("smoke").with_overrides(
-        {"epochs": 6}).resolve_paths()
+        {"epochs": 6, "optim.schedule_epochs": 24}).resolve_paths()
 
 
 @pytest.mark.parametrize("change, match", [
