@@ -205,7 +205,8 @@ def table_header(spec, args, base_seed: int) -> dict:
                          "configs": args.n, "concurrency": spec.max_concurrent, "cpu_per_trial": spec.cpu,
                          "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                          "design": f"initial points + scrambled Sobol (seed {args.design_seed})",
-                         "seeds": f"{base_seed} for all; +1..+{args.seeds - 1} for configs 0..{args.seeded - 1}"}}
+                         "seeds": f"{base_seed} for all" + (f"; +1..+{args.seeds - 1} for configs 0..{args.seeded - 1}"
+                                                            if args.seeds > 1 and args.seeded else "")}}
 
 
 if __name__ == "__main__":
