@@ -242,7 +242,8 @@ class TrainConfig:
             (self.optim.gradient_clip_norm > 0, "optim.gradient_clip_norm", "must be > 0"),
             (self.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
             (self.optim.schedule_epochs == 0 or self.optim.schedule_epochs >= self.epochs, "optim.schedule_epochs",
-             f"must be 0 (the run's epochs) or >= epochs ({self.epochs}): a run is at most its whole schedule"),
+             f"must be 0 (the run's epochs) or >= epochs ({self.epochs}; in a search space, scheduler.max_t): "
+             f"a run is at most its whole schedule"),
             (self.data.k_shot >= 1, "data.k_shot", "must be >= 1"),
             (self.data.n_way >= 1, "data.n_way", "must be >= 1"),
             (self.data.n_query >= 1, "data.n_query", "must be >= 1"),

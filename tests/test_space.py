@@ -260,3 +260,38 @@ def test_a_trial_runs_where_its_resources_put_it(tmp_path, capsys):
     assert build_trial_config(spec, point).device == "auto"
     on_cpu = spec.__class__(**{**spec.__dict__, "base": spec.base.with_overrides({"device": "cpu"})})
     assert build_trial_config(on_cpu, point).device == "cpu"
+
+
+def test_trials_as_truncations_of_the_exported_run(tmp_path):
+    """optim.schedule_epochs is checked against the trials' own epochs (max_t, not the preset's)
+    and must be the exported run's length (final_epochs): else the trials rank configurations
+    for a schedule nobody runs."""
+    text = GOOD.replace("{val_interval: 1}", "{val_interval: 1, optim.schedule_epochs: 3}")
+    spec = load_space(write(tmp_path, text + "final_epochs: 3\n"))  # max_t 3 < the preset's 6 epochs
+    assert spec.base.optim.schedule_epochs == 3 and spec.base.epochs == 3
+    with pytest.raises(SpaceError, match="set final_epochs: 3"):
+        load_space(write(tmp_path, text, name="f.yaml"))  # final_epochs 100
+    with pytest.raises(SpaceError, match="scheduler.max_t"):
+        load_space(write(tmp_path, GOOD.replace("{val_interval: 1}", "{val_interval: 1, optim.schedule_epochs: 2}")
+                         + "final_epochs: 2\n", name="s.yaml"))
+    assert load_space("smoke").base.optim.schedule_epochs == load_space("smoke").final_epochs == 24
+
+
+def test_the_dry_run_makes_the_searchs_own_checks(tmp_path, capsys, monkeypatch):
+    """The dry run says where stage 2 starts and what a trial is of the exported run, and exits
+    2 where the search would stop: a start file that is not there, a generated dataset made
+    with another recipe (it used to read such a folder as valid)."""
+    from tune.run import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 2 from " in out and "smoke_stage1.pt" in out and "the first 6 epochs of a 24-epoch schedule" in out
+    assert main(["--space", "smoke", "--dry-run", "--set", "checkpoint=preset:missing.pt"]) == 2
+    assert "missing.pt not found" in capsys.readouterr().err
+    stale = tmp_path / "datasets" / "synthetic"
+    (stale / "annotations").mkdir(parents=True)
+    (stale / "synthetic.json").write_text('{"generator": 2}')
+    assert main(["--space", "smoke", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"delete {stale}" in err and "the search would stop here" in err

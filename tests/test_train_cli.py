@@ -80,3 +80,22 @@ def test_cli_health_stop_exits_3(tiny_dataset, tmp_path):
     r = run_cli("--config", str(tmp_path / "c.yaml"), "--no-progress")
     assert r.returncode == 3
     assert "cpe_zero" in r.stderr and "step 4" in r.stderr
+
+
+def test_the_start_maker_checks_its_output_before_training(tmp_path, capsys):
+    """python -m refdet.stage1 refuses, before any training, to replace an existing file (the
+    shipped start included) without --force, and a folder or a missing folder as --out; its
+    digest is the weights' (the file's bytes also name the temporary file it went through)."""
+    import torch
+
+    from refdet.stage1 import DEFAULT_OUT, main, weights_digest
+
+    shipped = DEFAULT_OUT.read_bytes()
+    assert main([]) == 2 and "the start the smoke preset ships with" in capsys.readouterr().err
+    assert DEFAULT_OUT.read_bytes() == shipped
+    (tmp_path / "old.pt").write_bytes(b"x")
+    for out, said in ((tmp_path / "old.pt", "--force"), (tmp_path, "is a folder"), (tmp_path / "no" / "x.pt", "does not exist")):
+        assert main(["--out", str(out)]) == 2 and said in capsys.readouterr().err
+    w = {"a": torch.arange(4, dtype=torch.float16), "n": torch.tensor(3)}
+    assert weights_digest(w) == weights_digest({k: v.clone() for k, v in w.items()})
+    assert weights_digest(w) != weights_digest({**w, "n": torch.tensor(4)})

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from refdet.io import fmt_number
 from refdet.metrics import lower_is_better
 from tune.output import say, terminal, verbose
+from tune.preflight import schedule_line, start_line
 
 # Short names of the searched parameters on the console (others: their last dotted part).
 SHORT_NAMES = {"optim.gradient_clip_norm": "clip", "loss.dfl_weight": "dfl", "optim.warmup_epochs": "warmup",
@@ -345,16 +346,9 @@ def search_console(spec, exp: Path | None, searcher, scheduler) -> SearchConsole
               "  " + "; ".join(f"{short_name(k)} {p.describe()}" for k, p in spec.params.items()),
               f"  results in {where}" + (f"; Ray's and Optuna's own output in {where}/driver.log" if exp else "")]
     header += [start_line(spec.base)] if spec.base.stage == 2 else []
+    header += [schedule_line(spec)] if spec.base.optim.schedule_epochs else []
     return SearchConsole(header, spec.metric, spec.mode, spec.max_t, param_keys=list(spec.params),
                          searcher=searcher, scheduler=scheduler)
-
-
-def start_line(base) -> str:
-    """Where stage 2 starts: the mission trains it from a stage-1 checkpoint or YOLOv8n weights."""
-    if base.checkpoint or base.model.pretrained:
-        return "  stage 2 from " + " + ".join(x for x in (base.checkpoint, base.model.pretrained) if x)
-    return ("  stage 2 from random weights: no stage-1 checkpoint or YOLOv8n weights in the base "
-            "(--set checkpoint=<stage-1 .pt> or --set model.pretrained=<yolov8n state dict>)")
 
 
 def confirm_console(spec, sources: list[str], seeds: int, folder: Path) -> SearchConsole:

@@ -1,6 +1,6 @@
 """Starts (or resumes) a search: checks, Ray session, the Tuner, the console table, the report.
 
-Layering in tune/ (each imports only those before it): space -> sampler -> searcher,
+Layering in tune/ (each imports only those before it): space -> preflight, sampler -> searcher,
 scheduler, trainable, tb -> session -> results -> confirm -> launch -> run.py (the CLI).
 """
 
@@ -16,12 +16,13 @@ import ray
 import yaml
 from ray import tune
 
-from refdet.data import DatasetError, load_dataset
+from refdet.data import DatasetError
 from refdet.data.synthetic import ensure_dataset
 from refdet.io import atomic_write_text
 from tune.confirm import confirm_top
 from tune.console import SHORT_NAMES, search_console, trial_dirname
 from tune.output import say
+from tune.preflight import ExperimentError, check_data, check_start
 from tune.results import write_report
 from tune.scheduler import build_scheduler
 from tune.searcher import build_searcher
@@ -32,10 +33,6 @@ from tune.trainable import refdet_trainable
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 COLUMN_NAMES = SHORT_NAMES  # Ray's status table (driver.log) names the searched parameters as the console does
-
-
-class ExperimentError(ValueError):
-    """The experiment folder or cluster cannot be used as asked."""
 
 
 @dataclass(frozen=True)
@@ -73,13 +70,14 @@ def run_search(spec: SearchSpec, opts: SearchOptions) -> int:
     exp_local = local_root / spec.name if local_root else None
     if exp_local is not None:
         spec = check_experiment_folder(spec, exp_local, opts.resume)
+    check_start(spec, remote=bool(opts.address))  # seconds, before minutes of data generation
     try:
         if spec.base.data.synthetic and ensure_dataset(spec.base.data):  # once, here, not raced by the trials
-            print(f"generated the synthetic dataset at {spec.base.data.root}")
+            print("generated the synthetic dataset at " + " and ".join(filter(None, (spec.base.data.root,
+                                                                                 spec.base.data.val_root))))
     except DatasetError as exc:  # a stale generated dataset: never trained on silently
         raise ExperimentError(str(exc)) from None
     check_data(spec, remote=bool(opts.address))  # before anything is written to results/
-    check_start(spec, remote=bool(opts.address))
     with ray_session(opts.address, log=exp_local / "driver.log" if exp_local is not None else None):
         check_schedulable(spec, remote=bool(opts.address))  # before anything is written to results/
         if exp_local is not None:
@@ -146,54 +144,6 @@ def check_schedulable(spec: SearchSpec, remote: bool) -> None:
                                                              if spec.gpu > gpus else "")
     raise ExperimentError(f"no node can ever run a trial: {need}; this machine has {have}. "
                           f"Run with {suggestion}, or on a cluster with --address")
-
-
-def check_data(spec: SearchSpec, remote: bool) -> None:
-    """Validate the datasets on the driver, before any trial starts (the trainer validates them
-    again in every trial). On a cluster the data may live only on the workers: a path missing
-    here is then a warning, not an error."""
-    d = spec.base.data
-    for root in filter(None, (d.root, d.val_root)):
-        if remote and not Path(root).exists():
-            print(f"warning: {root} is not on this machine; the trials will check it on their nodes")
-            continue
-        try:
-            load_dataset(root, min_refs=d.k_shot)
-        except DatasetError as exc:
-            raise ExperimentError(str(exc)) from None
-
-
-def check_start(spec: SearchSpec, remote: bool) -> None:
-    """The weights the trials start from: a named file must exist and fit the model (on a
-    cluster, a file missing here is a warning). The console's header says where stage 2
-    starts (tune/console.py start_line)."""
-    b = spec.base
-    for key, path in (("checkpoint", b.checkpoint), ("model.pretrained", b.model.pretrained)):
-        if path and not Path(path).is_file():
-            if not remote:
-                raise ExperimentError(f"{spec.path}: base {key}: {path} not found")
-            print(f"warning: {path} ({key}) is not on this machine; the trials will load it on their nodes")
-        elif path:
-            check_weights(spec, key, path)
-
-
-def check_weights(spec: SearchSpec, key: str, path: str) -> None:
-    """Load the file as a trial will (weights_only) into the base's model: a file made for
-    another model is an error before Ray starts, not a failed trial."""
-    from refdet.engine.checkpoint import CheckpointError, check_fits, load_checkpoint
-    from refdet.model import build_model
-    from refdet.model.pretrained import PretrainedError, load_pretrained
-
-    model = build_model(spec.base.model)
-    try:
-        if key == "checkpoint":
-            check_fits(load_checkpoint(path), model.state_dict(), path)
-        else:
-            load_pretrained(model, path)
-    except CheckpointError as exc:
-        raise ExperimentError(f"{spec.path}: base {key}: {exc}") from None
-    except PretrainedError as exc:  # its message names model.pretrained and the file
-        raise ExperimentError(f"{spec.path}: base {exc}") from None
 
 
 def write_space(spec: SearchSpec, path: Path) -> None:

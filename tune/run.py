@@ -102,12 +102,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dry_run_data(spec, remote: bool) -> int:
-    """Whether the datasets exist and are usable: the check a search makes before anything is
-    written (tune/launch.py check_data), said by the dry run. Exit 2 where the search would stop."""
+    """Where the trials start, and whether the start weights and the datasets are usable: the
+    checks a search makes before anything is written (tune/preflight.py), said by the dry run.
+    Exit 2 where the search would stop."""
     from refdet.data import DatasetError, load_dataset
+    from refdet.data.synthetic import check_recipes
+    from tune.preflight import ExperimentError, check_start, schedule_line, start_line
 
-    d, code = spec.base.data, EXIT_OK
+    d, code, stale = spec.base.data, EXIT_OK, None
+    print(("\n" + start_line(spec.base).strip()) if spec.base.stage == 2 else "")
+    print(schedule_line(spec).strip())
+    try:
+        check_start(spec, remote)
+    except ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    if d.synthetic:
+        try:
+            check_recipes(d)
+        except DatasetError as exc:
+            print(f"data: {exc}", file=sys.stderr)
+            code, stale = EXIT_BAD_INPUT, Path(exc.root)
     for root in filter(None, (d.root, d.val_root)):
+        if stale is not None and Path(root) == stale:
+            continue
         if not Path(root).exists() and (d.synthetic or remote):
             print(f"data: {root}: not here; " + ("the synthetic dataset is generated on first use" if d.synthetic
                                                   else "on a cluster the trials check it on their nodes"))
@@ -119,8 +137,8 @@ def dry_run_data(spec, remote: bool) -> int:
             print(f"data: {exc}", file=sys.stderr)
             code = EXIT_BAD_INPUT
     if code != EXIT_OK:
-        print("error: the search would stop here (exit 2): fix the dataset, or name it with "
-              "--set data.root=PATH --set data.val_root=PATH", file=sys.stderr)
+        print("error: the search would stop here (exit 2): fix what is named above (the data: --set data.root=PATH "
+              "--set data.val_root=PATH, or delete a stale generated dataset)", file=sys.stderr)
     return code
 
 

@@ -207,6 +207,18 @@ def check_spec(spec: SearchSpec) -> None:
     """What a space and its command-line changes must agree on, checked after either."""
     check_rungs_validated(spec)
     check_device(spec)
+    check_truncation(spec)
+
+
+def check_truncation(spec: SearchSpec) -> None:
+    """optim.schedule_epochs makes each trial the first max_t epochs of a longer run; that run is
+    the export (final_epochs), or the trials rank configurations for a run nobody makes."""
+    total = spec.base.optim.schedule_epochs
+    if total and total != spec.final_epochs:
+        raise SpaceError(f"{spec.path}: optim.schedule_epochs {total} makes each trial the first {spec.max_t} epochs "
+                         f"of a {total}-epoch run, but final_epochs is {spec.final_epochs}, so the exported run would "
+                         f"follow another schedule: set final_epochs: {total}, or optim.schedule_epochs: 0 (trials "
+                         f"with their own schedule)")
 
 
 def check_device(spec: SearchSpec) -> None:
@@ -293,7 +305,9 @@ def _in_range(p: ParamSpec, value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high
 
 
-def _base(raw: dict, path: Path) -> TrainConfig:
+def _base(raw: dict, path: Path, epochs: int) -> TrainConfig:
+    """The trials' base config; `epochs` (scheduler.max_t) is set with base_overrides, so a
+    value checked against the epochs (optim.schedule_epochs) sees the trials' own."""
     base = raw.get("base", "smoke")
     where = str(path)
     try:
@@ -307,7 +321,7 @@ def _base(raw: dict, path: Path) -> TrainConfig:
         overrides = raw.get("base_overrides") or {}
         if not isinstance(overrides, dict):
             raise SpaceError(f"{where}: base_overrides: expected a mapping")
-        cfg = cfg.with_overrides(overrides) if overrides else cfg
+        cfg = cfg.with_overrides({**overrides, "epochs": epochs})
         health = _section(raw, "health", where, {f.name for f in HealthConfig.__dataclass_fields__.values()})
         if health:
             cfg = cfg.with_overrides({f"health.{k}": v for k, v in health.items()})
@@ -408,9 +422,9 @@ def load_space(name_or_path: str) -> SearchSpec:
     cpu, gpu = _resources(raw, where)
     final_epochs = _num(raw.get("final_epochs", 100), "final_epochs", where, int, 1)
 
-    base = _base(raw, path)
+    base = _base(raw, path, max_t)
     try:
-        base = base.with_overrides({"epochs": max_t}).resolve_paths()
+        base = base.resolve_paths()
         for pt in initial or [{k: midpoint(p) for k, p in params.items()}]:
             base.with_overrides(pt)  # every path and type is checked against TrainConfig here
     except ConfigError as exc:

@@ -251,14 +251,9 @@ def ensure_dataset(data) -> bool:
     at once. Returns True if this call wrote either."""
     if not data.synthetic:
         return False
-    size, scenes, hard = parse_size(data.synthetic_size), data.synthetic_scenes, data.synthetic_hard_negatives
-    wrote = _generate_once(data.root, data.synthetic_videos, data.synthetic_frames, size, data.synthetic_object_scale,
-                           scenes=scenes, hard_negatives=hard)
-    if data.synthetic_val_scenes and data.val_root:
-        objects = -(-data.synthetic_videos // scenes)
-        wrote |= _generate_once(data.val_root, objects * data.synthetic_val_scenes, data.synthetic_frames, size,
-                                data.synthetic_object_scale, scenes=data.synthetic_val_scenes, first_scene=scenes,
-                                hard_negatives=hard)
+    wrote = False
+    for root, p in _plan(data):
+        wrote |= _generate_once(root, **p)
     return wrote
 
 
@@ -270,22 +265,48 @@ def recipe(videos: int, frames: int, size: tuple[int, int], seed: int, scenes: i
             "hard_negatives": hard_negatives}
 
 
+def _plan(data) -> list[tuple[str, dict]]:
+    """(root, recipe) of each dataset `data` generates: root, and val_root with validation scenes."""
+    size, scenes, hard = parse_size(data.synthetic_size), data.synthetic_scenes, data.synthetic_hard_negatives
+    plan = [(data.root, dict(videos=data.synthetic_videos, scenes=scenes, first_scene=0))]
+    if data.synthetic_val_scenes and data.val_root:
+        objects = -(-data.synthetic_videos // scenes)
+        plan.append((data.val_root, dict(videos=objects * data.synthetic_val_scenes, scenes=data.synthetic_val_scenes,
+                                         first_scene=scenes)))
+    return [(root, dict(p, frames=data.synthetic_frames, size=size, object_scale=data.synthetic_object_scale,
+                        hard_negatives=hard)) for root, p in plan]
+
+
+def check_recipes(data) -> None:
+    """Raise DatasetError where a generated dataset of `data` exists with another recipe."""
+    for root, p in _plan(data):
+        _check_recipe(root, **p)
+
+
+def _check_recipe(root: str, videos: int, frames: int, size: tuple[int, int], object_scale: float,
+                  scenes: int = 2, first_scene: int = 0, hard_negatives: float = 0.0) -> None:
+    """An existing `root` must have been made with this recipe (a preset whose synthetic
+    settings changed must not train on the old data silently)."""
+    if not Path(root).exists():
+        return
+    want = recipe(videos, frames, size, 0, scenes, object_scale, first_scene, hard_negatives)
+    try:
+        have = json.loads((Path(root) / STAMP).read_text())
+    except (OSError, ValueError):
+        have = None
+    if have != want:
+        from refdet.data.aeroeyes import DatasetError
+
+        made = f"made with {have}" if have else f"has no {STAMP} (made by an older version, or not generated)"
+        raise DatasetError(Path(root), [f"the synthetic dataset here {made}; the config asks for {want}: "
+                                        f"delete {root} to generate it again, or point data.root/val_root elsewhere"])
+
+
 def _generate_once(root: str, videos: int, frames: int, size: tuple[int, int], object_scale: float,
                    scenes: int = 2, first_scene: int = 0, hard_negatives: float = 0.0) -> bool:
-    """Generate `root` unless it exists; an existing one must have been made with this recipe
-    (a preset whose synthetic settings changed must not train on the old data silently)."""
+    """Generate `root` unless it exists (then it must have been made with this recipe)."""
     if Path(root).exists():
-        want = recipe(videos, frames, size, 0, scenes, object_scale, first_scene, hard_negatives)
-        try:
-            have = json.loads((Path(root) / STAMP).read_text())
-        except (OSError, ValueError):
-            have = None
-        if have != want:
-            from refdet.data.aeroeyes import DatasetError
-
-            made = f"made with {have}" if have else f"has no {STAMP} (made by an older version, or not generated)"
-            raise DatasetError(Path(root), [f"the synthetic dataset here {made}; the config asks for {want}: "
-                                            f"delete {root} to generate it again, or point data.root/val_root elsewhere"])
+        _check_recipe(root, videos, frames, size, object_scale, scenes, first_scene, hard_negatives)
         return False
     try:
         generate(root, videos, frames, size, seed=0, scenes=scenes, object_scale=object_scale,
