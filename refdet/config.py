@@ -175,12 +175,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
         cfg = _build(cls, data or {}, "")
-        if cfg.checkpoint.startswith(PACKAGED):  # a packaged file, wherever the package is installed
-            name = cfg.checkpoint[len(PACKAGED):]
-            if not name or Path(name).name != name or name in (".", ".."):
-                raise ConfigError(f"checkpoint: {cfg.checkpoint!r}: {PACKAGED}NAME is a file shipped beside the "
-                                  f"presets ({PRESET_DIR}), named without a folder")
-            cfg = replace(cfg, checkpoint=str(PRESET_DIR / name))
         cfg.validate()
         return cfg
 
@@ -221,17 +215,30 @@ class TrainConfig:
             set_path(merged, key, value)
         return TrainConfig.from_dict(merged)
 
+    @property
+    def checkpoint_file(self) -> str:
+        """The file `checkpoint` names: "preset:NAME" is resolved here, in the process that loads
+        it, so a config written on one machine means the shipped file on every other."""
+        if self.checkpoint.startswith(PACKAGED):
+            return str(PRESET_DIR / self.checkpoint[len(PACKAGED):])
+        return self.checkpoint
+
     def resolve_paths(self, base: str | os.PathLike | None = None) -> TrainConfig:
         """Relative data/checkpoint paths made absolute against `base` (default: the CWD), so
         the config means the same in a process with another working directory (a Ray trial)."""
         base = Path(base or os.getcwd())
-        absolute = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
+        absolute = lambda p: (str((base / p).resolve()) if p and not Path(p).is_absolute()  # noqa: E731
+                              and not p.startswith(PACKAGED) else p)
         d = self.data
         return replace(self, data=replace(d, root=absolute(d.root), val_root=absolute(d.val_root), cache_dir=absolute(d.cache_dir)),
                        checkpoint=absolute(self.checkpoint),
                        model=replace(self.model, pretrained=absolute(self.model.pretrained)))
 
     def validate(self) -> None:
+        name = self.checkpoint[len(PACKAGED):] if self.checkpoint.startswith(PACKAGED) else None
+        if name is not None and (not name or Path(name).name != name or name in (".", "..")):
+            raise ConfigError(f"checkpoint: {self.checkpoint!r}: {PACKAGED}NAME is a file shipped beside the "
+                              f"presets ({PRESET_DIR}), named without a folder")
         checks = [
             (self.stage in (1, 2), "stage", "must be 1 or 2"),
             (self.epochs >= 1, "epochs", "must be >= 1"),

@@ -83,8 +83,10 @@ def test_smoke_preset_starts_from_the_shipped_checkpoint():
     from refdet.model import build_model
 
     cfg = TrainConfig.preset("smoke")
-    assert cfg.checkpoint == str(PRESET_DIR / "smoke_stage1.pt") and cfg.stage == 2
-    state = load_checkpoint(cfg.checkpoint)
+    # the name stays in written configs; each process resolves it against its own install
+    assert cfg.checkpoint == "preset:smoke_stage1.pt" and cfg.resolve_paths("/elsewhere").checkpoint == cfg.checkpoint
+    assert cfg.checkpoint_file == str(PRESET_DIR / "smoke_stage1.pt") and cfg.stage == 2
+    state = load_checkpoint(cfg.checkpoint_file)
     made = state["config"]
     assert made["stage"] == 2 and made["data"]["episodic"] is True and made["model"] == cfg.to_dict()["model"]
     assert made["data"]["synthetic_hard_negatives"] == cfg.data.synthetic_hard_negatives

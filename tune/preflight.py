@@ -40,7 +40,7 @@ def check_start(spec: SearchSpec, remote: bool) -> None:
     cluster, a file missing here is a warning). The console's header says where stage 2
     starts (start_line)."""
     b = spec.base
-    for key, path in (("checkpoint", b.checkpoint), ("model.pretrained", b.model.pretrained)):
+    for key, path in (("checkpoint", b.checkpoint_file), ("model.pretrained", b.model.pretrained)):
         if path and not Path(path).is_file():
             if not remote:
                 raise ExperimentError(f"{spec.path}: base {key}: {path} not found")
@@ -71,7 +71,7 @@ def check_weights(spec: SearchSpec, key: str, path: str) -> None:
 def start_line(base) -> str:
     """Where stage 2 starts: the mission trains it from a stage-1 checkpoint or YOLOv8n weights."""
     if base.checkpoint or base.model.pretrained:
-        return "  stage 2 from " + " + ".join(x for x in (base.checkpoint, base.model.pretrained) if x)
+        return "  stage 2 from " + " + ".join(x for x in (base.checkpoint_file, base.model.pretrained) if x)
     return ("  stage 2 from random weights: no stage-1 checkpoint or YOLOv8n weights in the base "
             "(--set checkpoint=<stage-1 .pt> or --set model.pretrained=<yolov8n state dict>)")
 

@@ -120,7 +120,7 @@ class Trainer:
         self.step = 0  # completed optimizer steps
         self.val_metrics = dict.fromkeys(VAL_METRICS, math.nan)  # not measured yet (val/fresh says so)
         if cfg.checkpoint:
-            self.load_weights(cfg.checkpoint)
+            self.load_weights(cfg.checkpoint_file)
 
     # -- construction ----------------------------------------------------------------------
     @staticmethod
