@@ -67,10 +67,18 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
     pooled, pooled_long = pooled_sd([sv[c] for c in configs]), pooled_sd([lv[c] for c in configs])
     best = float(s_mean.max() if short.sign > 0 else s_mean.min())
     rng = np.random.default_rng(seed)
+    # Where both sides are the same runs read at two budgets (--short-epochs on one table), a
+    # resampled seed is resampled on both sides: the pairs are what carries the shared noise.
+    paired = all(set(sv[c]) == set(lv[c]) for c in configs) and short.path.resolve() == long.path.resolve()
     boot = []
     for _ in range(draws):
-        bs = [np.mean(rng.choice(list(sv[c].values()), len(sv[c]))) for c in configs]
-        bl = [np.mean(rng.choice(list(lv[c].values()), len(lv[c]))) for c in configs]
+        bs, bl = [], []
+        for c in configs:
+            seeds = sorted(sv[c])
+            pick = rng.choice(seeds, len(seeds))
+            bs.append(np.mean([sv[c][k] for k in pick]))
+            other = pick if paired else rng.choice(sorted(lv[c]), len(lv[c]))
+            bl.append(np.mean([lv[c][k] for k in other]))
         boot.append(spearman(bs, bl))
     boot = np.array([b for b in boot if np.isfinite(b)])
     keep = [i for i, c in enumerate(configs) if not (s_mean[i] == short.penalty and l_mean[i] == long.penalty)]
@@ -85,7 +93,7 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
             "spearman": spearman(s_mean, l_mean),
             "spearman_ci90": [float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))] if len(boot) else None,
             "spearman_without_penalty_ties": spearman(s_mean[keep], l_mean[keep]) if len(keep) >= 3 else float("nan"),
-            "configs_at_penalty_both": len(configs) - len(keep)}
+            "configs_at_penalty_both": len(configs) - len(keep), "paired_bootstrap": paired}
 
 
 def print_result(r: dict, short_label: str, long_label: str) -> None:
@@ -98,8 +106,12 @@ def print_result(r: dict, short_label: str, long_label: str) -> None:
         print(f"| {r['configs'][i]} | {p} | {r['short_mean'][i]:.3f} ({r['short_sd'][i]:.3f}) | "
               f"{r['long_mean'][i]:.3f} ({r['long_sd'][i]:.3f}) |")
     ci = r["spearman_ci90"]
-    print(f"pooled seed std (short) {r['pooled_seed_sd']:.4f} = {100 * r['sd_share']:.1f} % of the best mean "
-          f"{r['best_mean']:.3f}; long: seed std {r['pooled_seed_sd_long']:.4f}, best mean {r['best_long']:.3f}")
+    if r["pooled_seed_sd"] == r["pooled_seed_sd"]:
+        print(f"pooled seed std (short) {r['pooled_seed_sd']:.4f} = {100 * r['sd_share']:.1f} % of the best mean "
+              f"{r['best_mean']:.3f}; long: seed std {r['pooled_seed_sd_long']:.4f}, best mean {r['best_long']:.3f}")
+    else:
+        print(f"pooled seed std: n/a (a configuration has one seed); best mean short {r['best_mean']:.3f}, "
+              f"long {r['best_long']:.3f}")
     print(f"Spearman short vs long: {r['spearman']:.3f}" + (f" (90 % bootstrap {ci[0]:.2f} .. {ci[1]:.2f})" if ci else "")
           + f"; without the {r['configs_at_penalty_both']} configs at the penalty in both: "
           f"{r['spearman_without_penalty_ties']:.3f}")
@@ -121,6 +133,8 @@ def main(argv=None) -> int:
         return 2
     try:
         short, long = read_table(args.short), read_table(args.long)
+        if args.short_epochs is not None and args.short_epochs > short.max_t:
+            raise CurveError(f"--short-epochs {args.short_epochs}: {args.short} has {short.max_t} epochs")
         r = transfer(short, long, args.short_epochs, args.rule, args.min_seeds)
     except CurveError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -60,6 +60,9 @@ def test_rank_transfer_reads_two_tables_and_says_what_a_short_trial_predicts(tmp
         statistics.stdev([0.1, 0.12]) / 0.41)
     assert transfer(short, reversed_, None, "last", 2, draws=50)["spearman"] == pytest.approx(-1.0)
     assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "missing.jsonl")]) == 2  # named, no traceback
+    same_runs = transfer(short, short, 1, "last", 2, draws=200)  # epoch 1 vs 2 of the same runs: paired
+    assert same_runs["paired_bootstrap"] and not r["paired_bootstrap"]
+    assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "short.jsonl"), "--short-epochs", "3"]) == 2
     one_seed = read_table(tmp_path / "same.jsonl")
     one_seed.runs = [r for r in one_seed.runs if r.seed == 0]
     r = transfer(one_seed, same, None, "last", 1, draws=10)  # the ranks only: no seed std from one seed
