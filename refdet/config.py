@@ -115,8 +115,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     gradient_clip_norm: float = 10.0
     # The schedule's length in epochs (warmup + cosine); 0: the run's own `epochs`. A run of
-    # fewer epochs is a truncation of that schedule: the smoke search's trials are the first
-    # epochs of the run it exports (docs/design.md, "The embedded default").
+    # fewer epochs is a truncation of that schedule, e.g. search trials as the first epochs of
+    # the run they export to (measured for smoke, and not kept: docs/design.md, #21).
     schedule_epochs: int = 0
 
 
