@@ -33,7 +33,7 @@ def tiny_train_config(root, out=None, **overrides):
         "checkpoint": "",
         "data.img_size": 128, "data.ref_size": 64, "data.n_way": 2, "data.n_query": 2,
         "data.split": "video", "data.val_frame_stride": 4, "data.val_fraction": 0.34,
-        "epochs": 2, "steps_per_epoch": 4, "batch_size": 4, "device": "cpu", "num_threads": 2,
+        "epochs": 2, "steps_per_epoch": 4, "batch_size": 4, "device": "cpu", "num_threads": 2, "val_interval": 1,
         "optim.lr": 2e-3, "optim.warmup_epochs": 0, "health.cpe_zero_window": 4,
         "output_dir": str(out or "unused"),
     }
