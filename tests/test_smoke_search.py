@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_smoke_search_runs_from_a_fresh_folder(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "smoke", "--num-samples", "2",
-                        "--confirm-top", "1", "--set", "steps_per_epoch=10", "--set", "data.val_frame_stride=6"],
+                        "--confirm-top", "1", "--set", "steps_per_epoch=10", "--set", "data.val_frame_stride=15"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "datasets" / "synthetic" / "annotations" / "annotations.json").is_file()  # generated
