@@ -11,7 +11,10 @@ least `--min-seeds` seeds in both: the mean value over seeds at each budget. Pri
 seed std at the short budget as a share of the best configuration's mean (the 5 % goal), the
 best mean, and the Spearman rank correlation of the two means over configurations, with a
 bootstrap interval (seeds resampled within each configuration, 2000 draws) and without the
-configurations that score the penalty at both budgets (ties that flatter the correlation).
+configurations that score the penalty at both budgets (ties that flatter the correlation). A
+search runs each configuration once, so the Spearman of each seed's single values against the
+long means is printed too ("one trial each"). SHORT's value is read by `--rule`, LONG's by
+`--long-rule` (default best: the final run keeps its best validated checkpoint, best.pt).
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ def pooled_sd(groups: list[dict]) -> float:
 
 
 def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule: str, min_seeds: int,
-             draws: int = 2000, seed: int = 0) -> dict:
-    sv, lv = seed_values(short, short_epochs, rule), seed_values(long, None, rule)
+             draws: int = 2000, seed: int = 0, long_rule: str | None = None) -> dict:
+    sv, lv = seed_values(short, short_epochs, rule), seed_values(long, None, long_rule or rule)
     params_s, params_l = short.configs(), long.configs()
     configs = [c for c in sorted(sv) if c in lv and params_s[c][0].params == params_l[c][0].params
                and len(sv[c]) >= min_seeds and len(lv[c]) >= min_seeds]
@@ -82,6 +85,9 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
         boot.append(spearman(bs, bl))
     boot = np.array([b for b in boot if np.isfinite(b)])
     keep = [i for i, c in enumerate(configs) if not (s_mean[i] == short.penalty and l_mean[i] == long.penalty)]
+    # One trial per configuration, as a search runs it: each seed every configuration has, alone.
+    common = sorted(set.intersection(*(set(sv[c]) for c in configs)))
+    one_trial = {int(k): spearman([sv[c][k] for c in configs], l_mean) for k in common}
     return {"configs": configs, "short_mean": s_mean.tolist(), "long_mean": l_mean.tolist(),
             "short_sd": [sd(sv[c].values()) for c in configs],
             "long_sd": [sd(lv[c].values()) for c in configs],
@@ -93,7 +99,8 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
             "spearman": spearman(s_mean, l_mean),
             "spearman_ci90": [float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))] if len(boot) else None,
             "spearman_without_penalty_ties": spearman(s_mean[keep], l_mean[keep]) if len(keep) >= 3 else float("nan"),
-            "configs_at_penalty_both": len(configs) - len(keep), "paired_bootstrap": paired}
+            "configs_at_penalty_both": len(configs) - len(keep), "paired_bootstrap": paired,
+            "spearman_one_trial": one_trial}
 
 
 def print_result(r: dict, short_label: str, long_label: str) -> None:
@@ -115,6 +122,11 @@ def print_result(r: dict, short_label: str, long_label: str) -> None:
     print(f"Spearman short vs long: {r['spearman']:.3f}" + (f" (90 % bootstrap {ci[0]:.2f} .. {ci[1]:.2f})" if ci else "")
           + f"; without the {r['configs_at_penalty_both']} configs at the penalty in both: "
           f"{r['spearman_without_penalty_ties']:.3f}")
+    one = r["spearman_one_trial"]
+    if one:
+        vals = list(one.values())
+        print(f"Spearman of one trial each (one seed's values vs the long means), over {len(vals)} seeds: "
+              f"mean {statistics.fmean(vals):.2f}, range {min(vals):.2f} .. {max(vals):.2f}")
 
 
 def main(argv=None) -> int:
@@ -124,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--short-epochs", type=int, default=None, help="read SHORT after this many epochs")
     ap.add_argument("--rule", choices=("best", "last", "mean2"), default="best",
                     help="a run's value: best fresh value, last, or mean of the last two (default best)")
+    ap.add_argument("--long-rule", choices=("best", "last", "mean2"), default="best",
+                    help="the long run's value (default best: the final run keeps best.pt)")
     ap.add_argument("--min-seeds", type=int, default=2,
                     help="seeds a configuration needs in both tables (1: no seed std, the ranks only)")
     ap.add_argument("--json", type=Path, default=None)
@@ -135,12 +149,12 @@ def main(argv=None) -> int:
         short, long = read_table(args.short), read_table(args.long)
         if args.short_epochs is not None and args.short_epochs > short.max_t:
             raise CurveError(f"--short-epochs {args.short_epochs}: {args.short} has {short.max_t} epochs")
-        r = transfer(short, long, args.short_epochs, args.rule, args.min_seeds)
+        r = transfer(short, long, args.short_epochs, args.rule, args.min_seeds, long_rule=args.long_rule)
     except CurveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     e = args.short_epochs or short.max_t
-    print_result(r, f"{args.short.name} after {e} epochs ({args.rule})", f"{args.long.name} ({long.max_t} epochs)")
+    print_result(r, f"{args.short.name} after {e} epochs ({args.rule})", f"{args.long.name} ({long.max_t} epochs, {args.long_rule})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(r, indent=1))

@@ -63,6 +63,12 @@ def test_rank_transfer_reads_two_tables_and_says_what_a_short_trial_predicts(tmp
     same_runs = transfer(short, short, 1, "last", 2, draws=200)  # epoch 1 vs 2 of the same runs: paired
     assert same_runs["paired_bootstrap"] and not r["paired_bootstrap"]
     assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "short.jsonl"), "--short-epochs", "3"]) == 2
+    # Each seed alone, as a search's single trial sees it: seed 0 ranks as the long run, seed 1 the
+    # other way round, while the means over both seeds still rank as the long run.
+    split = table("split.jsonl", [(0.10, 0.20), (0.20, 0.19), (0.30, 0.18), (0.40, 0.17)])
+    r = transfer(split, same, None, "last", 2, draws=20)
+    assert r["spearman"] == pytest.approx(1.0)
+    assert r["spearman_one_trial"] == {0: pytest.approx(1.0), 1: pytest.approx(-1.0)}
     one_seed = read_table(tmp_path / "same.jsonl")
     one_seed.runs = [r for r in one_seed.runs if r.seed == 0]
     r = transfer(one_seed, same, None, "last", 1, draws=10)  # the ranks only: no seed std from one seed
