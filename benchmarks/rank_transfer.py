@@ -15,6 +15,10 @@ configurations that score the penalty at both budgets (ties that flatter the cor
 search runs each configuration once, so the Spearman of each seed's single values against the
 long means is printed too ("one trial each"). SHORT's value is read by `--rule`, LONG's by
 `--long-rule` (default best: the final run keeps its best validated checkpoint, best.pt).
+`--model` also ranks the configurations by the replay's GP model of SHORT (benchmarks/replay/
+sources/model.py), each fitted without that configuration's runs: whether the landscape a dense
+short table shows -- what a model-based search builds from many trials -- transfers where one
+trial's value does not.
 """
 
 from __future__ import annotations
@@ -103,6 +107,27 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
             "spearman_one_trial": one_trial}
 
 
+def model_transfer(short: CurveTable, long_means: dict[int, float]) -> dict:
+    """Spearman of the GP model's value (best over epochs of its mean, noise-free) at each of the
+    configurations, fitted to SHORT without that configuration, against their long means."""
+    import copy
+
+    from benchmarks.replay.sources import SourceError
+    from benchmarks.replay.sources.model import ModelSource
+
+    configs = sorted(long_means)
+    predicted = []
+    for c in configs:
+        rest = copy.copy(short)
+        rest.runs = [r for r in short.runs if r.config != c]
+        try:
+            predicted.append(ModelSource(rest, 0).true_value(short.configs()[c][0].params))
+        except SourceError as exc:
+            raise CurveError(f"--model: {exc}") from None
+    return {"configs": configs, "model_value": predicted,
+            "spearman": spearman(predicted, [long_means[c] for c in configs]), "fitted_on": len(short.configs()) - 1}
+
+
 def print_result(r: dict, short_label: str, long_label: str) -> None:
     print(f"{len(r['configs'])} configurations x >= {r['seeds']} seeds; short = {short_label}, long = {long_label}")
     print("| config | params | short mean (sd) | long mean (sd) |")
@@ -140,6 +165,8 @@ def main(argv=None) -> int:
                     help="the long run's value (default best: the final run keeps best.pt)")
     ap.add_argument("--min-seeds", type=int, default=2,
                     help="seeds a configuration needs in both tables (1: no seed std, the ranks only)")
+    ap.add_argument("--model", action="store_true",
+                    help="also rank by the GP model of SHORT, fitted without the configuration ranked")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.min_seeds < 1 or (args.short_epochs is not None and args.short_epochs < 1):
@@ -150,11 +177,19 @@ def main(argv=None) -> int:
         if args.short_epochs is not None and args.short_epochs > short.max_t:
             raise CurveError(f"--short-epochs {args.short_epochs}: {args.short} has {short.max_t} epochs")
         r = transfer(short, long, args.short_epochs, args.rule, args.min_seeds, long_rule=args.long_rule)
+        if args.model:
+            if args.short_epochs is not None:
+                raise CurveError("--model reads SHORT at its own budget: drop --short-epochs")
+            r["model"] = model_transfer(short, dict(zip(r["configs"], r["long_mean"])))
     except CurveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     e = args.short_epochs or short.max_t
     print_result(r, f"{args.short.name} after {e} epochs ({args.rule})", f"{args.long.name} ({long.max_t} epochs, {args.long_rule})")
+    if args.model:
+        m = r["model"]
+        print(f"Spearman of the GP model of SHORT (best over epochs of its mean; fitted on the other "
+              f"{m['fitted_on']} configurations each time) vs long: {m['spearman']:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(r, indent=1))

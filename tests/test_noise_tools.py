@@ -1,13 +1,15 @@
 """The noise benchmark's arithmetic (benchmarks/noise_sources.py) on a table whose components
 are known: a seed's main effect, per-video difficulty, no interaction."""
 
+import json
 import statistics
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from benchmarks.noise_sources import decompose  # noqa: E402
 
@@ -73,3 +75,33 @@ def test_rank_transfer_reads_two_tables_and_says_what_a_short_trial_predicts(tmp
     one_seed.runs = [r for r in one_seed.runs if r.seed == 0]
     r = transfer(one_seed, same, None, "last", 1, draws=10)  # the ranks only: no seed std from one seed
     assert r["spearman"] == pytest.approx(1.0) and r["pooled_seed_sd"] != r["pooled_seed_sd"]  # nan
+
+
+def test_rank_transfer_model_ranks_held_out_configurations_by_their_neighbours(tmp_path):
+    """`--model`: each configuration's value is predicted by the replay's GP model fitted without
+    it, so a smooth landscape ranks held-out configurations as the long run does (or the other
+    way round, -1); a table the model refuses (one seed everywhere) is a named error."""
+    from benchmarks.rank_transfer import main, model_transfer
+    from benchmarks.replay.sources.table import CurveError, Run, read_table, write_table
+
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "curves_tiny.jsonl").read_text().splitlines()[0])
+    header = {k: fixture[k] for k in ("space", "space_file", "metric", "mode", "max_t", "params")}
+
+    def curve(v):
+        return {"time_s": [1.0] * 4, "val/st_iou": [0.0, v / 2, v, v], "val/ap50": [0.0, v / 2, v, v],
+                "val/fresh": [1.0] * 4}
+
+    def run(c, s):
+        params = {"optim.gradient_clip_norm": 10.0, "loss.dfl_weight": 1.0, "optim.warmup_epochs": 1,
+                  "optim.lr": 1e-4 * 2.5**c}
+        return Run(c, s, params, curve(0.1 + 0.04 * c + 0.01 * s))
+
+    write_table(tmp_path / "short.jsonl", header, [run(c, s) for c in range(6) for s in range(2)])
+    short = read_table(tmp_path / "short.jsonl")
+    assert model_transfer(short, {c: 0.2 + 0.1 * c for c in range(6)})["spearman"] == pytest.approx(1.0)
+    assert model_transfer(short, {c: 0.2 - 0.01 * c for c in range(6)})["spearman"] == pytest.approx(-1.0)
+    write_table(tmp_path / "one.jsonl", header, [run(c, 0) for c in range(6)])
+    with pytest.raises(CurveError, match="--model: .*2 seeds"):
+        model_transfer(read_table(tmp_path / "one.jsonl"), {c: 0.1 * c for c in range(6)})
+    assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "short.jsonl"), "--short-epochs", "2",
+                 "--model"]) == 2
