@@ -334,3 +334,21 @@ def test_third_of_budget_says_when_random_search_itself_passes_it():
     assert noisy["pass"] and noisy["random_full_compute"] == 4.0 and noisy["decides"] is False
     clean = goal([(4.0, 0.5), (90.0, 0.8)])
     assert clean["pass"] and clean["random_full_compute"] == 90.0 and clean["decides"] is True
+
+
+def test_regret_against_the_default_is_paired_by_seed():
+    """The paired difference of final regret (strategy - default) is taken seed by seed: a
+    strategy that is worse by 0.1 on every seed differs by 0.1 with a zero-width interval, even
+    where the seeds' own spread (0.0 .. 0.6) is six times larger."""
+    from benchmarks.replay.analysis import summarise
+
+    runs = []
+    for seed in range(6):
+        base = 0.9 - 0.1 * seed
+        runs.append({"strategy": "default", "seed": seed, "points": [(5.0, 5.0, base, base)], "export": {"true": base}})
+        runs.append({"strategy": "random_full", "seed": seed, "points": [(5.0, 5.0, base - 0.1, base - 0.1)],
+                     "export": {"true": base - 0.1}})
+    s = summarise(runs, (0.0, 1.0), 100.0, 1, ["default", "random_full"])["strategies"]
+    assert s["random_full"]["regret_vs_default"] == pytest.approx(0.1)
+    assert list(s["random_full"]["regret_vs_default_ci"]) == [pytest.approx(0.1), pytest.approx(0.1)]
+    assert s["default"]["regret_vs_default"] == 0.0

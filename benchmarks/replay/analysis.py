@@ -10,8 +10,10 @@ strategies: seed s is one draw of everything a strategy may depend on).
   target       random search's whole-budget quality: the median over seeds of random_full's
                exported true value; per strategy the compute at which its incumbent first
                reaches it (never = infinite), median over seeds
+  vs default   the paired difference of final regret, strategy - default, per seed (the same
+               seed is the same draw for both), mean over seeds: > 0 = worse than the default
   intervals    95 % bootstrap over the seeds (2000 resamples, the same resampled seeds for every
-               strategy), of the median (regret, compute) or of the mean (rank)
+               strategy), of the median (regret, compute) or of the mean (rank, vs default)
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def summarise(runs: list[dict], reference: tuple[float, float], budget: float, s
             "regret_median": [round(float(v), 5) for v in np.median(regret[i], 0)[9::10]],
             "rank_mean": [round(float(v), 3) for v in rank[:, i, :].mean(0)[9::10]],
         }
+        if "default" in strategies:
+            diff = final_regret[i] - final_regret[strategies.index("default")]
+            entry.update(regret_vs_default=float(diff.mean()), regret_vs_default_ci=boot_ci(diff, np.mean, idx))
         if target is not None:
             reach = np.array([first_reach(by[s, x]["points"], target, sign) for x in seeds])
             entry.update(to_target=_num(float(np.median(reach))), to_target_ci=[_num(v) for v in boot_ci(reach, np.median, idx)],

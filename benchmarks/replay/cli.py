@@ -205,13 +205,15 @@ def report_text(summary: dict) -> str:
         lines += ["", f"concurrency {c}: reference worst {ref['worst']:.4g}, best {ref['best']:.4g}; "
                       f"random search's whole-budget quality {_f(s['target'])}",
                   f"{'strategy':<28} {'anytime rank [95 %]':>22} {'final regret [95 %]':>24} "
-                  f"{'to target [95 %] reached':>30} {'s/search':>9}"]
+                  f"{'to target [95 %] reached':>30} {'s/search':>9} {'regret - default, paired [95 %]':>34}"]
         for name, e in s["strategies"].items():
             to = (f"{_f(e.get('to_target'))} [{_f(e['to_target_ci'][0])}, {_f(e['to_target_ci'][1])}] {e['reached']}"
                   if "to_target" in e else "n/a")
             lines.append(f"{name:<28} {e['anytime_rank']:>6.2f} [{e['anytime_rank_ci'][0]:.2f}, {e['anytime_rank_ci'][1]:.2f}]"
                          f"   {e['final_regret']:>8.4f} [{e['final_regret_ci'][0]:.4f}, {e['final_regret_ci'][1]:.4f}]"
-                         f"   {to:>28} {summary['replay_s_median'].get(name, 0):>9.1f}")
+                         f"   {to:>28} {summary['replay_s_median'].get(name, 0):>9.1f}"
+                         + (f"   {e['regret_vs_default']:+8.4f} [{e['regret_vs_default_ci'][0]:+.4f}, "
+                            f"{e['regret_vs_default_ci'][1]:+.4f}]" if "regret_vs_default" in e and name != "default" else ""))
         for k, g in s["goal"].items():
             verdict = ("PASS" if g["pass"] else "FAIL") + ("" if g.get("decides", True) else
                                                            ", undecided: random search itself passes")
