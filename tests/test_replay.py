@@ -352,3 +352,20 @@ def test_regret_against_the_default_is_paired_by_seed():
     assert s["random_full"]["regret_vs_default"] == pytest.approx(0.1)
     assert list(s["random_full"]["regret_vs_default_ci"]) == [pytest.approx(0.1), pytest.approx(0.1)]
     assert s["default"]["regret_vs_default"] == 0.0
+
+
+def test_bootstrap_bounds_next_to_never_are_never_not_nan():
+    """A percentile that lands on or beside an inf ("never reached") reads inf, not nan, and
+    says nothing on stderr (numpy's lerp gives inf - inf or 0 * inf there)."""
+    import warnings
+
+    from benchmarks.replay.analysis import boot_ci
+
+    idx = np.arange(40)[:, None]  # 40 "resamples", each one seed: the stats are the values
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = boot_ci(np.array([1.0] * 39 + [math.inf]), np.median, idx)  # 97.5 % finite
+        assert lo == 1.0 and hi == math.inf
+        assert boot_ci(np.array([math.inf] * 40), np.median, idx) == (math.inf, math.inf)
+        assert boot_ci(np.array([1.0] * 20 + [math.inf] * 20), np.median, idx) == (1.0, math.inf)
+        assert boot_ci(np.array([1.0] + [math.inf] * 39), np.median, idx) == (math.inf, math.inf)  # was nan

@@ -58,8 +58,16 @@ def boot_ci(values: np.ndarray, stat, idx: np.ndarray) -> tuple[float, float]:
     stats = np.array([stat(values[i]) for i in idx])
     finite = stats[np.isfinite(stats)]
     if len(finite) < len(stats) * 0.975:  # more than 2.5 % of resamples never reach: unbounded above
-        return float(np.percentile(stats, 2.5)) if len(finite) else math.inf, math.inf
-    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+        return _percentile(stats, 2.5) if len(finite) else math.inf, math.inf
+    return _percentile(stats, 2.5), _percentile(stats, 97.5)
+
+
+def _percentile(stats: np.ndarray, q: float) -> float:
+    """np.percentile where some values are inf ("never"): interpolating next to inf gives inf -
+    inf or 0 * inf, nan; the bound there is "never"."""
+    with np.errstate(invalid="ignore"):
+        v = float(np.percentile(stats, q))
+    return math.inf if math.isnan(v) else v
 
 
 def first_reach(points: list, target: float, sign: int) -> float:
