@@ -2,7 +2,7 @@
 
     python benchmarks/replay_search.py lcbench:167168 --seeds 30
     python benchmarks/replay_search.py model:benchmarks/curves/smoke.jsonl --noise measured --seeds 30
-    python benchmarks/replay_search.py benchmarks/curves/hazard.jsonl --strategies default default_health_fail \\
+    python benchmarks/replay_search.py benchmarks/curves/history/2026-12-02-hazard.jsonl --strategies default default_health_fail \\
         --concurrency 2 8 --budget 30 --seeds 100
 
 SOURCE is `lcbench:TASK` (YAHPO Gym's LCBench surrogate, one of its 34 tasks),
