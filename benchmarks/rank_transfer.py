@@ -104,7 +104,8 @@ def transfer(short: CurveTable, long: CurveTable, short_epochs: int | None, rule
             "spearman_ci90": [float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))] if len(boot) else None,
             "spearman_without_penalty_ties": spearman(s_mean[keep], l_mean[keep]) if len(keep) >= 3 else float("nan"),
             "configs_at_penalty_both": len(configs) - len(keep), "paired_bootstrap": paired,
-            "spearman_one_trial": one_trial}
+            "spearman_one_trial": one_trial,
+            "short_seeds": [len(sv[c]) for c in configs], "long_seeds": [len(lv[c]) for c in configs]}
 
 
 def model_transfer(short: CurveTable, long_means: dict[int, float]) -> dict:
@@ -112,12 +113,14 @@ def model_transfer(short: CurveTable, long_means: dict[int, float]) -> dict:
     configurations, fitted to SHORT without that configuration, against their long means."""
     import copy
 
+    from tqdm import tqdm
+
     from benchmarks.replay.sources import SourceError
     from benchmarks.replay.sources.model import ModelSource
 
     configs = sorted(long_means)
     predicted = []
-    for c in configs:
+    for c in tqdm(configs, desc="--model: one fit per held-out configuration", unit="fit", file=sys.stderr):
         rest = copy.copy(short)
         rest.runs = [r for r in short.runs if r.config != c]
         try:
@@ -139,14 +142,20 @@ def print_result(r: dict, short_label: str, long_label: str) -> None:
               f"{r['long_mean'][i]:.3f} ({r['long_sd'][i]:.3f}) |")
     ci = r["spearman_ci90"]
     if r["pooled_seed_sd"] == r["pooled_seed_sd"]:
+        long_sd = r["pooled_seed_sd_long"]
         print(f"pooled seed std (short) {r['pooled_seed_sd']:.4f} = {100 * r['sd_share']:.1f} % of the best mean "
-              f"{r['best_mean']:.3f}; long: seed std {r['pooled_seed_sd_long']:.4f}, best mean {r['best_long']:.3f}")
+              f"{r['best_mean']:.3f}; long: seed std {f'{long_sd:.4f}' if long_sd == long_sd else 'n/a'}, "
+              f"best mean {r['best_long']:.3f}")
     else:
         print(f"pooled seed std: n/a (a configuration has one seed); best mean short {r['best_mean']:.3f}, "
               f"long {r['best_long']:.3f}")
     print(f"Spearman short vs long: {r['spearman']:.3f}" + (f" (90 % bootstrap {ci[0]:.2f} .. {ci[1]:.2f})" if ci else "")
           + f"; without the {r['configs_at_penalty_both']} configs at the penalty in both: "
           f"{r['spearman_without_penalty_ties']:.3f}")
+    if ci and any(n == 1 for n in r["long_seeds"]) and not r["paired_bootstrap"]:
+        print("  (a configuration has one long seed: the interval resamples the short side only, so it is too narrow)")
+    if ci and any(n == 1 for n in r["short_seeds"]):
+        print("  (a configuration has one short seed: the interval does not include that side's seed noise)")
     one = r["spearman_one_trial"]
     if one:
         vals = list(one.values())
@@ -191,8 +200,14 @@ def main(argv=None) -> int:
         print(f"Spearman of the GP model of SHORT (best over epochs of its mean; fitted on the other "
               f"{m['fitted_on']} configurations each time) vs long: {m['spearman']:.3f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(r, indent=1))
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.json.with_name(args.json.name + ".tmp")
+            tmp.write_text(json.dumps(r, indent=1))
+            tmp.replace(args.json)
+        except OSError as exc:
+            print(f"error: --json {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 0
 
 

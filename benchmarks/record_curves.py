@@ -182,6 +182,7 @@ def main(argv=None) -> int:
     rec = dict(header.get("recorded", {}))
     rec["wall_s"] = round(float(rec.get("wall_s", 0.0)) + wall, 1)
     rec["runs"] = len(previous) + len(recorded)
+    rec["seeds"] = seeds_summary(previous + recorded)
     if args.top or args.extend:
         what = f"seeds for the top {args.top}" if args.top else f"--n {args.n} --seeds {args.seeds} --seeded {args.seeded}"
         rec["extended"] = (rec.get("extended", "") + f"; {time.strftime('%Y-%m-%d')}: {what} "
@@ -193,6 +194,21 @@ def main(argv=None) -> int:
     print(f"recorded {len(recorded)} runs in {wall:.0f} s ({wall / 60:.1f} min): {stops} health-stopped, "
           f"{errors} errored -> {out}")
     return 0
+
+
+def seeds_summary(runs: list[Run]) -> str:
+    """What the table holds, counted from its runs (an --extend or --top changes it):
+    "seeds 0-3 for 12 configurations, 0-2 for 18, 0 for 70"."""
+    by_config: dict[int, set[int]] = {}
+    for r in runs:
+        by_config.setdefault(r.config, set()).add(r.seed)
+    kinds: dict[str, int] = {}
+    for seeds in by_config.values():
+        lo, hi = min(seeds), max(seeds)
+        label = (f"{lo}-{hi}" if hi > lo else f"{lo}") if len(seeds) == hi - lo + 1 else ",".join(map(str, sorted(seeds)))
+        kinds[label] = kinds.get(label, 0) + 1
+    parts = sorted(kinds.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+    return "seeds " + ", ".join(f"{label} for {n} configuration{'s' if n != 1 else ''}" for label, n in parts)
 
 
 def table_header(spec, args, base_seed: int) -> dict:

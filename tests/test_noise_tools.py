@@ -37,7 +37,7 @@ def test_an_interaction_is_what_a_fixed_validation_set_adds():
     assert d["interaction_sd"] > 0.2 and d["seed_sd_at"][4] > d["seed_sd_at"][32]
 
 
-def test_rank_transfer_reads_two_tables_and_says_what_a_short_trial_predicts(tmp_path):
+def test_rank_transfer_reads_two_tables_and_says_what_a_short_trial_predicts(tmp_path, capsys):
     """benchmarks/rank_transfer.py on tables whose answers are known: the long run ranks the
     configurations as the short one does (Spearman 1) or the other way round (-1); the pooled
     seed std and its share of the best mean are the arithmetic's."""
@@ -71,6 +71,12 @@ def test_rank_transfer_reads_two_tables_and_says_what_a_short_trial_predicts(tmp
     r = transfer(split, same, None, "last", 2, draws=20)
     assert r["spearman"] == pytest.approx(1.0)
     assert r["spearman_one_trial"] == {0: pytest.approx(1.0), 1: pytest.approx(-1.0)}
+    table("long1.jsonl", [(0.2,), (0.3,), (0.5,), (0.6,)])  # one long seed: the interval is the short side's
+    capsys.readouterr()
+    assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "long1.jsonl"), "--min-seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "one long seed" in out and "too narrow" in out and "long: seed std n/a" in out
+    assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "same.jsonl"), "--json", str(tmp_path)]) == 2
     one_seed = read_table(tmp_path / "same.jsonl")
     one_seed.runs = [r for r in one_seed.runs if r.seed == 0]
     r = transfer(one_seed, same, None, "last", 1, draws=10)  # the ranks only: no seed std from one seed
@@ -105,3 +111,17 @@ def test_rank_transfer_model_ranks_held_out_configurations_by_their_neighbours(t
         model_transfer(read_table(tmp_path / "one.jsonl"), {c: 0.1 * c for c in range(6)})
     assert main([str(tmp_path / "short.jsonl"), str(tmp_path / "short.jsonl"), "--short-epochs", "2",
                  "--model"]) == 2
+
+
+def test_a_tables_seeds_are_described_from_its_runs():
+    """The header's seed line is counted from the runs, so an --extend or --top cannot leave it
+    stale; a gap in a configuration's seeds is listed as it is."""
+    from benchmarks.record_curves import seeds_summary
+    from benchmarks.replay.sources.table import Run
+
+    def runs(pairs):
+        return [Run(c, s, {}, {}) for c, s in pairs]
+
+    assert seeds_summary(runs([(0, 0), (0, 1), (0, 2), (1, 0), (2, 0)])) == \
+        "seeds 0-2 for 1 configuration, 0 for 2 configurations"
+    assert seeds_summary(runs([(0, 0), (0, 2)])) == "seeds 0,2 for 1 configuration"

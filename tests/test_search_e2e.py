@@ -391,6 +391,7 @@ def test_record_curves_writes_a_table_the_replay_reads(ray_local, tiny_dataset, 
     table = read_table(out)
     assert len(table.runs) == 5 and {r.seed for r in table.configs()[1]} == {0, 1}
     assert "--seeded 2" in table.header["recorded"]["extended"]
+    assert table.header["recorded"]["seeds"] == "seeds 0-1 for 2 configurations, 0 for 1 configuration"
     # a table of another design is refused, nothing written
     assert record_main([*args, "--seeded", "2", "--extend", "--design-seed", "7"]) == 2
     assert record_main([*args, "--top", "1", "--extend"]) == 2 and len(read_table(out).runs) == 5
