@@ -184,8 +184,11 @@ def test_cli_writes_the_summary_and_refuses_bad_input(tmp_path, capsys):
     assert main([str(TINY), "--seeds", "2", "--seed-offset", "5", "--budget", "6", "--reuse", str(tmp_path / "out"),
                  "--variant", "reduction_factor=3", "--out", str(tmp_path / "more")]) == 0
     assert "2 replays in" in capsys.readouterr().out
-    assert "default:reduction_factor=3" in json.loads((tmp_path / "more" / "replay.json").read_text())[
-        "by_concurrency"]["2"]["strategies"]
+    more = json.loads((tmp_path / "more" / "replay.json").read_text())
+    assert "default:reduction_factor=3" in more["by_concurrency"]["2"]["strategies"]
+    # the evidence says what it reused, and its wall time includes the reused replays' own
+    assert more["replays"] == {"run": 2, "reused": 2 * len(STRATEGIES)} and out["replays"]["reused"] == 0
+    assert more["replay_wall_s"] >= out["replay_wall_s"]
     assert main([str(TINY), "--budget", "7", "--reuse", str(tmp_path / "out"), "--out", str(tmp_path / "o4")]) == 2
     assert "budget 6.0" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"

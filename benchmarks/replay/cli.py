@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     jobs = [(args.source, args.noise, name, variant, c, seed, args.budget)
             for c in args.concurrency for seed in seeds for name, variant in kinds]
     try:
-        done = reused(args, source.name)
+        done, reused_wall = reused(args, source.name)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -139,17 +139,21 @@ def main(argv=None) -> int:
     todo = [j for j in jobs if (j[2], j[4], j[5]) not in done]
     runs = run_jobs(todo, args.workers) + [done[j[2], j[4], j[5]] for j in jobs if (j[2], j[4], j[5]) in done]
     out = args.out or ROOT / "benchmarks" / "out" / f"replay-{source.name}"
-    summary = write(out, source, args, runs, [k for k, _ in kinds], time.time() - t0)
+    wall = time.time() - t0
+    # replay_wall_s: the time the evidence took, the reused replays' share (their folder's) included
+    summary = write(out, source, args, runs, [k for k, _ in kinds], wall + reused_wall,
+                    {"run": len(todo), "reused": len(jobs) - len(todo)})
     print(report_text(summary))
-    print(f"\n{len(todo)} replays in {summary['replay_wall_s']:.0f} s ({len(jobs) - len(todo)} reused) -> "
+    print(f"\n{len(todo)} replays in {wall:.0f} s ({len(jobs) - len(todo)} reused) -> "
           f"{out / 'replay.json'}")
     return 0
 
 
 def reused(args, name: str) -> dict:
-    """(strategy, concurrency, seed) -> replay record of `--reuse DIR` (same source, budget, noise)."""
+    """(strategy, concurrency, seed) -> replay record of `--reuse DIR` (same source, budget, noise),
+    and the wall time those replays took."""
     if args.reuse is None:
-        return {}
+        return {}, 0.0
     try:
         old = json.loads((args.reuse / "replay.json").read_text())
         runs = [json.loads(ln) for ln in (args.reuse / "runs.jsonl").read_text().splitlines() if ln.strip()]
@@ -158,10 +162,10 @@ def reused(args, name: str) -> dict:
     if (old.get("source"), old.get("budget"), old.get("noise")) != (name, args.budget, args.noise):
         raise SourceError(f"--reuse {args.reuse}: replays of {old.get('source')}, budget {old.get('budget')}, "
                           f"noise {old.get('noise')}; this run is {name}, budget {args.budget}, noise {args.noise}")
-    return {(r["strategy"], r["concurrency"], r["seed"]): r for r in runs}
+    return {(r["strategy"], r["concurrency"], r["seed"]): r for r in runs}, float(old.get("replay_wall_s") or 0.0)
 
 
-def write(out: Path, source, args, runs: list[dict], names: list[str], wall: float) -> dict:
+def write(out: Path, source, args, runs: list[dict], names: list[str], wall: float, replays: dict | None = None) -> dict:
     import numpy as np
 
     from benchmarks.replay.analysis import health_summary, plot, summarise
@@ -173,6 +177,7 @@ def write(out: Path, source, args, runs: list[dict], names: list[str], wall: flo
     summary = {"source": source.name, "metric": source.metric, "mode": source.mode, "max_t": source.max_t,
                "full_trial_s": source.full_trial_s, "budget": args.budget, "noise": args.noise,
                "seeds": [args.seed_offset, args.seed_offset + args.seeds - 1], "replay_wall_s": round(wall, 1),
+               "replays": replays or {"run": len(runs), "reused": 0},
                "replay_s_median": {n: float(np.median([r["replay_s"] for r in runs if r["strategy"] == n])) for n in names},
                "by_concurrency": {}}
     for c in args.concurrency:
@@ -205,14 +210,14 @@ def report_text(summary: dict) -> str:
         lines += ["", f"concurrency {c}: reference worst {ref['worst']:.4g}, best {ref['best']:.4g}; "
                       f"random search's whole-budget quality {_f(s['target'])}",
                   f"{'strategy':<28} {'anytime rank [95 %]':>22} {'final regret [95 %]':>24} "
-                  f"{'to target [95 %] reached':>30} {'s/search':>9} {'regret - default, paired [95 %]':>34}"]
+                  f"{'to target [95 %] reached':>30} {'s/search':>9} {'regret - default (paired; > 0 worse) [95 %]':>46}"]
         for name, e in s["strategies"].items():
             to = (f"{_f(e.get('to_target'))} [{_f(e['to_target_ci'][0])}, {_f(e['to_target_ci'][1])}] {e['reached']}"
                   if "to_target" in e else "n/a")
             lines.append(f"{name:<28} {e['anytime_rank']:>6.2f} [{e['anytime_rank_ci'][0]:.2f}, {e['anytime_rank_ci'][1]:.2f}]"
                          f"   {e['final_regret']:>8.4f} [{e['final_regret_ci'][0]:.4f}, {e['final_regret_ci'][1]:.4f}]"
                          f"   {to:>28} {summary['replay_s_median'].get(name, 0):>9.1f}"
-                         + (f"   {e['regret_vs_default']:+8.4f} [{e['regret_vs_default_ci'][0]:+.4f}, "
+                         + (f"   {e['regret_vs_default']:+20.4f} [{e['regret_vs_default_ci'][0]:+.4f}, "
                             f"{e['regret_vs_default_ci'][1]:+.4f}]" if "regret_vs_default" in e and name != "default" else ""))
         for k, g in s["goal"].items():
             verdict = ("PASS" if g["pass"] else "FAIL") + ("" if g.get("decides", True) else
