@@ -243,6 +243,12 @@ def test_dry_run_says_whether_the_dataset_exists(tmp_path, monkeypatch, capsys, 
     assert main(["--space", "stage2", "--dry-run", "--set", f"data.root={tiny_dataset}",
                  "--set", f"data.val_root={tiny_dataset}"]) == 0
     assert f"data: {tiny_dataset}: 6 videos, valid" in capsys.readouterr().out
+    # bad start weights with good data: the closing hint names the start, not the data
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    assert main(["--space", "stage2", "--dry-run", "--set", f"data.root={tiny_dataset}", "--set",
+                 f"data.val_root={tiny_dataset}", "--set", f"checkpoint={tmp_path / 'bad.pt'}"]) == 2
+    err = capsys.readouterr().err
+    assert "(the start weights: --set checkpoint=PATH" in err and "the data:" not in err
     assert not (tmp_path / "results").exists()
 
 

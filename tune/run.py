@@ -2,6 +2,7 @@
 
     python tune/run.py --space smoke                 # tiny synthetic search on this machine
     python tune/run.py --space stage2.yaml           # the real search (./datasets/train, ./datasets/val)
+    python tune/run.py --space stage2 --set checkpoint=checkpoints/best.pt  # from your stage-1 weights
     python tune/run.py --space stage2 --address auto # on a running Ray cluster (ray start --head)
     python tune/run.py --space smoke --resume        # continue an interrupted search
     python tune/run.py --space smoke --dry-run       # print the resolved space and first configs
@@ -109,20 +110,21 @@ def dry_run_data(spec, remote: bool) -> int:
     from refdet.data.synthetic import check_recipes
     from tune.preflight import ExperimentError, check_start, schedule_line, start_line
 
-    d, code, stale = spec.base.data, EXIT_OK, None
+    d, stale, hints = spec.base.data, None, []
     print(("\n" + start_line(spec.base).strip()) if spec.base.stage == 2 else "")
     print(schedule_line(spec).strip())
     try:
         check_start(spec, remote)
     except ExperimentError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        code = EXIT_BAD_INPUT
+        hints.append("the start weights: --set checkpoint=PATH or --set model.pretrained=PATH")
+    data_ok = True
     if d.synthetic:
         try:
             check_recipes(d)
         except DatasetError as exc:
             print(f"data: {exc}", file=sys.stderr)
-            code, stale = EXIT_BAD_INPUT, Path(exc.root)
+            data_ok, stale = False, Path(exc.root)
     for root in filter(None, (d.root, d.val_root)):
         if stale is not None and Path(root) == stale:
             continue
@@ -135,11 +137,14 @@ def dry_run_data(spec, remote: bool) -> int:
             print(f"data: {root}: {len(ds.videos)} videos, valid")
         except DatasetError as exc:
             print(f"data: {exc}", file=sys.stderr)
-            code = EXIT_BAD_INPUT
-    if code != EXIT_OK:
-        print("error: the search would stop here (exit 2): fix what is named above (the data: --set data.root=PATH "
-              "--set data.val_root=PATH, or delete a stale generated dataset)", file=sys.stderr)
-    return code
+            data_ok = False
+    if not data_ok:
+        hints.append("the data: --set data.root=PATH --set data.val_root=PATH, or delete a stale generated dataset")
+    if hints:
+        print(f"error: the search would stop here (exit 2): fix what is named above ({'; '.join(hints)})",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 # The options that set a search's plan: (flag, SearchSpec field, smallest value). A new search
