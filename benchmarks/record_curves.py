@@ -198,7 +198,7 @@ def main(argv=None) -> int:
 
 def seeds_summary(runs: list[Run]) -> str:
     """What the table holds, counted from its runs (an --extend or --top changes it):
-    "seeds 0-3 for 12 configurations, 0-2 for 18, 0 for 70"."""
+    "seeds 0-3 for 12 configurations, 0-2 for 18 configurations, 0 for 70 configurations"."""
     by_config: dict[int, set[int]] = {}
     for r in runs:
         by_config.setdefault(r.config, set()).add(r.seed)

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def reused(args, name: str) -> dict:
+def reused(args, name: str) -> tuple[dict, float]:
     """(strategy, concurrency, seed) -> replay record of `--reuse DIR` (same source, budget, noise),
     and the wall time those replays took."""
     if args.reuse is None:
