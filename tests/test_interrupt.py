@@ -199,9 +199,17 @@ def test_a_kill_between_tell_and_snapshot_is_reconciled_on_resume(tiny_dataset, 
     assert all(records[rid].state == TrialState.FAIL for rid in orphans) and not orphans & set(result_rows(exp))
     ran = {rid: t for rid, t in records.items() if rid not in orphans}
     # A trial that started and ended between two snapshots is unknown to the restored Tune,
-    # which starts another in its place: its journal record and result rows stand, so the
-    # search may hold one trial more than asked -- never one less, never one run twice.
-    assert set(ran) == set(result_rows(exp)) and SAMPLES <= len(ran) <= SAMPLES + 1, sorted(ran)
+    # which starts another in its place: its journal record stands, so the search may hold one
+    # trial more than asked -- never one less, never one run twice. Its result rows stand too
+    # unless the kill came before the driver synced its folder to the storage: then the only
+    # trial without rows is that one, unknown to every Tune snapshot, its record finished.
+    rows = result_rows(exp)
+    snapshots = " ".join(f.read_text() for f in exp.glob("experiment_state-*.json"))
+    rowless = set(ran) - set(rows)
+    assert set(rows) <= set(ran) and SAMPLES <= len(ran) <= SAMPLES + 1, sorted(ran)
+    assert len(rowless) <= len(ran) - SAMPLES and not [rid for rid in rowless if rid in snapshots], \
+        (sorted(rowless), sorted(ran))
+    assert all(ran[rid].state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for rid in rowless)
     assert not [t for t in ran.values() if t.state == TrialState.RUNNING]
     check_told_states(exp, metric="train/loss")
 
