@@ -201,10 +201,10 @@ def main(argv=None) -> int:
               f"{m['fitted_on']} configurations each time) vs long: {m['spearman']:.3f}")
     if args.json:
         try:
+            from refdet.io import atomic_write_text
+
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_name(args.json.name + ".tmp")
-            tmp.write_text(json.dumps(r, indent=1))
-            tmp.replace(args.json)
+            atomic_write_text(args.json, json.dumps(r, indent=1))
         except OSError as exc:
             print(f"error: --json {args.json}: {exc.strerror or exc}", file=sys.stderr)
             return 2
