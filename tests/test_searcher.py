@@ -248,3 +248,28 @@ def test_a_ray_memory_monitor_kill_is_judged_by_this_trials_worker(tmp_path):
     unknown.mkdir()
     (unknown / "error.txt").write_text(RAY_KILL.replace("{first}", "1").replace("{second}", "2"))
     assert ray_oom_kill(unknown, cfg) is None
+
+
+def test_a_rung_stop_of_a_re_run_epoch_after_restore_is_told_pruned(tmp_path):
+    """The snapshot's searcher saw epoch 2, but the trial's checkpoint in it is epoch 1: resumed,
+    the trial re-runs epoch 2 and ASHA stops it there (no on_trial_result first). That is a
+    rung stop, told PRUNED -- not a shutdown left RUNNING, which kept a resumed search
+    'interrupted' for good (CI, 2026-12-07)."""
+    from tune.searcher import RefDetOptunaSearch
+
+    spec, s = make(tmp_path)
+    s.suggest("t")
+    s.on_trial_result("t", result(1, 0.05))
+    s.on_trial_result("t", result(2, 0.04))
+    s.save(str(tmp_path / "searcher.pkl"))  # Ctrl-C: the last snapshot
+    restored = RefDetOptunaSearch.__new__(RefDetOptunaSearch)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("t", result(2, 0.04))
+    trials, _ = states(tmp_path, spec)
+    assert trials["t"].state == TrialState.PRUNED
+    # while this driver runs, a stop on a result it saw is still a shutdown: not told
+    restored.suggest("u")
+    restored.on_trial_result("u", result(1, 0.05))
+    restored.on_trial_complete("u", result(1, 0.05))
+    trials, _ = states(tmp_path, spec)
+    assert trials["u"].state == TrialState.RUNNING

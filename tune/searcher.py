@@ -177,6 +177,11 @@ class RefDetOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        # What the dead driver saw is not what this one will: a trial restored from a checkpoint
+        # older than the snapshot's last result re-reports that epoch, and ASHA may stop it there
+        # (no on_trial_result first). Kept, the old `_last_seen` made that stop look like a
+        # shutdown ("unfinished", never told): a search stuck at "interrupted" (seen in CI).
+        self._last_seen = {}
         n = self.reconcile()
         if n:
             log.warning("reconciled the Optuna journal on restore: %d orphan trial(s) told FAIL", n)
